@@ -1,3 +1,69 @@
-fn main() {
-    println!("Hello, world!");
+//! The `zayzoon` binary: the command line, the logger and exit codes (0 clean, 1 runtime or
+//! startup failure, 2 bad configuration or usage). Everything else lives in the library.
+
+#![forbid(unsafe_code)]
+#![warn(rust_2018_idioms)]
+
+use std::process::ExitCode;
+
+use zayzoon::{config, healthcheck, server};
+
+const USAGE: &str = "\
+usage: zayzoon [serve]            serve HTTP (configured by environment variables; see README)
+       zayzoon healthcheck [URL]  GET URL (default http://127.0.0.1:$PORT/health); exit 0 on 200 within 2 s
+       zayzoon --help | --version";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        [] | ["serve"] => serve(),
+        ["healthcheck"] => healthcheck(&healthcheck::default_url(std::env::var("PORT").ok().as_deref())),
+        ["healthcheck", url] => healthcheck(url),
+        ["--help" | "-h" | "help"] => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        ["--version" | "-V"] => {
+            println!("zayzoon {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve() -> ExitCode {
+    let config = match config::Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("zayzoon: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let access = if config.access_log { log::LevelFilter::Info } else { log::LevelFilter::Off };
+    let logger = simple_logger::SimpleLogger::new().with_level(config.log_level).with_module_level("access", access);
+    if let Err(e) = logger.init() {
+        eprintln!("zayzoon: cannot start logging: {e}");
+        return ExitCode::from(1);
+    }
+    match server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn healthcheck(url: &str) -> ExitCode {
+    match healthcheck::check(url) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zayzoon healthcheck: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -1,0 +1,182 @@
+//! What each request gets (SPEC §2): 429 when over a limit, else the HTTPS redirect, else the
+//! route: the two pages, 405 for other methods on them, 404 for any other path.
+//!
+//! Owns: the order of those checks and the `Location` of redirects. Pure: a `Request` and a
+//! limiter `Decision` in, a `Response` out.
+
+use crate::http::{self, Version};
+use crate::limit::Decision;
+use crate::proxy::{Forwarded, Scheme};
+use crate::response::{Body, Page, RateHeaders, Response, json_error};
+
+/// What we keep of a request once its head is parsed: owned, so that it can wait for a limiter
+/// decision while the input buffer moves on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The target as sent (validated by `http::parse_head`).
+    pub target: String,
+    pub version: Version,
+    /// The validated `Host`, or the authority of an absolute-form target (RFC 9112 §3.2.2: it
+    /// takes precedence).
+    pub host: Option<String>,
+    pub keep_alive: bool,
+    pub forwarded: Forwarded,
+}
+
+impl Request {
+    pub fn path(&self) -> &str {
+        http::split_target(&self.target).path
+    }
+
+    fn is_get_or_head(&self) -> bool {
+        self.method == "GET" || self.method == "HEAD"
+    }
+}
+
+/// The response to `req`, given the limiter's `decision` and the configured `PUBLIC_HOST`.
+pub fn respond(req: &Request, decision: Decision, public_host: Option<&str>) -> Response {
+    let mut resp = route(req, decision, public_host);
+    if let Decision::Limited { allowed, rate, remaining, reset_secs } = decision {
+        resp.rate = Some(RateHeaders { limit: rate.limit, remaining, reset_secs, retry_after: !allowed });
+    }
+    resp.head_only = req.method == "HEAD";
+    resp
+}
+
+fn route(req: &Request, decision: Decision, public_host: Option<&str>) -> Response {
+    if let Decision::Limited { allowed: false, rate, .. } = decision {
+        return Response::new(429, Body::Json(json_error(429, &format!("Rate limit exceeded: {rate}"))));
+    }
+    let target = http::split_target(&req.target);
+    // `/health` is never redirected: the ALB checks it over plain HTTP. A target that is not a path
+    // (`OPTIONS *`) has nothing to redirect to.
+    if req.forwarded.scheme == Some(Scheme::Http) && target.path != "/health" && target.path.starts_with('/') {
+        let Some(host) = public_host.or(req.host.as_deref().map(http::host_without_port)) else {
+            // No host to send the client to (HTTP/1.0 without Host, no PUBLIC_HOST).
+            return Response::error(400);
+        };
+        let mut location = format!("https://{host}");
+        percent_encode_into(&mut location, target.path);
+        if let Some(query) = target.query {
+            location.push('?');
+            percent_encode_into(&mut location, query);
+        }
+        let status = if req.is_get_or_head() { 301 } else { 308 };
+        return Response { location: Some(location), ..Response::new(status, Body::Empty) };
+    }
+    let page = match target.path {
+        "/status" => Page::Status,
+        "/health" => Page::Health,
+        _ => return Response::error(404),
+    };
+    if !req.is_get_or_head() {
+        return Response { allow: true, ..Response::error(405) };
+    }
+    Response::new(200, Body::Page(page))
+}
+
+/// Copies `s` (a validated target part: visible ASCII and UTF-8) into a `Location`, percent-encoding
+/// the non-ASCII bytes, which a header value should not carry raw.
+fn percent_encode_into(out: &mut String, s: &str) {
+    for b in s.bytes() {
+        if b.is_ascii_graphic() {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limit::Rate;
+    use crate::response::Connection;
+
+    fn req(method: &str, target: &str, scheme: Option<Scheme>) -> Request {
+        Request {
+            method: method.into(),
+            target: target.into(),
+            version: Version::Http11,
+            host: Some("example.com:8443".into()),
+            keep_alive: true,
+            forwarded: Forwarded { client: "203.0.113.9".parse().unwrap(), scheme },
+        }
+    }
+
+    fn get(target: &str) -> Response {
+        respond(&req("GET", target, None), Decision::Unlimited, None)
+    }
+
+    #[test]
+    fn pages() {
+        assert_eq!(get("/status"), Response::new(200, Body::Page(Page::Status)));
+        assert_eq!(get("/health?probe=1"), Response::new(200, Body::Page(Page::Health)));
+        assert_eq!(get("http://example.com/health").body, Body::Page(Page::Health));
+        let head = respond(&req("HEAD", "/status", None), Decision::Unlimited, None);
+        assert!(head.head_only);
+        assert_eq!(head.status, 200);
+    }
+
+    #[test]
+    fn not_found_compares_bytes() {
+        for path in ["/", "/st%61tus", "/status/", "/STATUS", "/health.html", "/favicon.ico", "*"] {
+            assert_eq!(get(path).status, 404, "{path}");
+        }
+    }
+
+    #[test]
+    fn other_methods_are_405_with_allow() {
+        for m in ["POST", "PUT", "DELETE", "OPTIONS", "get", "BREW"] {
+            let r = respond(&req(m, "/health", None), Decision::Unlimited, None);
+            assert_eq!((r.status, r.allow), (405, true), "{m}");
+        }
+        assert_eq!(respond(&req("POST", "/other", None), Decision::Unlimited, None).status, 404);
+    }
+
+    #[test]
+    fn redirects_plain_http_except_health() {
+        let r = respond(&req("GET", "/status?a=1&b", Some(Scheme::Http)), Decision::Unlimited, None);
+        assert_eq!((r.status, r.location.as_deref()), (301, Some("https://example.com/status?a=1&b")));
+        let r = respond(&req("POST", "/nowhere", Some(Scheme::Http)), Decision::Unlimited, None);
+        assert_eq!((r.status, r.location.as_deref()), (308, Some("https://example.com/nowhere")));
+        let r = respond(&req("HEAD", "/status", Some(Scheme::Http)), Decision::Unlimited, Some("public.example"));
+        assert_eq!((r.status, r.location.as_deref()), (301, Some("https://public.example/status")));
+        assert_eq!(respond(&req("GET", "/health", Some(Scheme::Http)), Decision::Unlimited, None).status, 200);
+        assert_eq!(respond(&req("GET", "/status", Some(Scheme::Https)), Decision::Unlimited, None).status, 200);
+        let r = respond(&req("GET", "/caf\u{e9}", Some(Scheme::Http)), Decision::Unlimited, None);
+        assert_eq!(r.location.as_deref(), Some("https://example.com/caf%C3%A9"));
+    }
+
+    #[test]
+    fn redirect_without_any_host_is_400() {
+        let mut r = req("GET", "/status", Some(Scheme::Http));
+        r.host = None;
+        assert_eq!(respond(&r, Decision::Unlimited, None).status, 400);
+        assert_eq!(respond(&r, Decision::Unlimited, Some("p.example")).status, 301);
+    }
+
+    #[test]
+    fn ipv6_host_keeps_its_brackets() {
+        let mut r = req("GET", "/status", Some(Scheme::Http));
+        r.host = Some("[2001:db8::1]:8080".into());
+        assert_eq!(respond(&r, Decision::Unlimited, None).location.as_deref(), Some("https://[2001:db8::1]/status"));
+    }
+
+    #[test]
+    fn limits_come_first_and_show_in_headers() {
+        let rate = Rate::per_minute(10);
+        let denied = Decision::Limited { allowed: false, rate, remaining: 0, reset_secs: 17 };
+        // Over the limit beats the redirect and the 404.
+        let r = respond(&req("GET", "/nowhere", Some(Scheme::Http)), denied, None);
+        assert_eq!(r.status, 429);
+        assert_eq!(r.body, Body::Json(json_error(429, "Rate limit exceeded: 10 per 1 minute")));
+        assert_eq!(r.rate, Some(RateHeaders { limit: 10, remaining: 0, reset_secs: 17, retry_after: true }));
+        let ok = Decision::Limited { allowed: true, rate, remaining: 3, reset_secs: 5 };
+        let r = respond(&req("GET", "/status", None), ok, None);
+        assert_eq!(r.rate, Some(RateHeaders { limit: 10, remaining: 3, reset_secs: 5, retry_after: false }));
+        assert_eq!(get("/status").rate, None);
+        assert_eq!(get("/status").connection, Connection::Default);
+    }
+}

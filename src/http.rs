@@ -1,0 +1,558 @@
+//! Request parsing and framing: httparse tokenizes the head; the rules here decide what it means.
+//!
+//! Owns: the head size and header-count limits, the version, `Host`, `Connection`, `Expect`, and
+//! message framing per RFC 9112 §6.3 (`Content-Length`, `Transfer-Encoding`, chunked bodies).
+//! Everything here is a pure function of bytes: no sockets, no clocks, so it is unit-tested and
+//! fuzzed directly. Does not own: what a request gets as an answer (`app`), or which client sent it
+//! (`proxy`).
+//!
+//! We are strict where leniency lets two parsers disagree about where a request ends (request
+//! smuggling): bare LF line endings, repeated or malformed `Content-Length`, and `Transfer-Encoding`
+//! with anything but a single final `chunked` are refused rather than guessed at.
+
+use std::fmt;
+
+use crate::config::{MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_HEADERS};
+
+/// The protocol versions we speak. Others get 505.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+/// How the body of a request is delimited (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    /// Exactly this many bytes (at most `MAX_BODY_BYTES`).
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+}
+
+/// A request head that parsed and passed our rules. Borrows the input and the header array.
+#[derive(Debug)]
+pub struct Head<'h, 'b> {
+    pub method: &'b str,
+    /// The request target as sent: origin-form, absolute-form or `*`.
+    pub target: &'b str,
+    pub version: Version,
+    pub headers: &'h [httparse::Header<'b>],
+    /// Bytes of input the head took, blank line included.
+    pub len: usize,
+    /// The `Host` field, validated (see `valid_host`); `None` only for HTTP/1.0 without one.
+    pub host: Option<&'b str>,
+    /// Whether the client wants the connection kept open after this request.
+    pub keep_alive: bool,
+    pub framing: Framing,
+    /// `Expect: 100-continue`: the client may wait for us before sending its body.
+    pub expect_continue: bool,
+}
+
+/// Incomplete is not invalid: `Partial` means "need more bytes" (httparse's `Status`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parse<T> {
+    Complete(T),
+    Partial,
+}
+
+/// Why a request could not be served. Each maps to one status; none carries request bytes, so
+/// nothing a client sent can reach a response body. The `&'static str` is for the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpError {
+    /// 400: malformed request line, header, `Host`, framing or chunk.
+    BadRequest(&'static str),
+    /// 408: the request did not arrive within `HEADER_TIMEOUT_S`.
+    Timeout,
+    /// 413: a body larger than `MAX_BODY_BYTES`.
+    BodyTooLarge,
+    /// 431: a head larger than `MAX_HEAD_BYTES`, or more than `MAX_HEADERS` fields.
+    HeadTooLarge(&'static str),
+    /// 501: a transfer coding other than chunked.
+    UnknownCoding,
+    /// 505: a well-formed version other than HTTP/1.0 and HTTP/1.1.
+    Version,
+}
+
+impl HttpError {
+    pub fn status(&self) -> u16 {
+        match self {
+            HttpError::BadRequest(_) => 400,
+            HttpError::Timeout => 408,
+            HttpError::BodyTooLarge => 413,
+            HttpError::HeadTooLarge(_) => 431,
+            HttpError::UnknownCoding => 501,
+            HttpError::Version => 505,
+        }
+    }
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpError::BadRequest(why) => write!(f, "bad request: {why}"),
+            HttpError::Timeout => f.write_str("request not received in time"),
+            HttpError::BodyTooLarge => write!(f, "body larger than {MAX_BODY_BYTES} bytes"),
+            HttpError::HeadTooLarge(why) => write!(f, "head too large: {why}"),
+            HttpError::UnknownCoding => f.write_str("unsupported transfer coding"),
+            HttpError::Version => f.write_str("unsupported HTTP version"),
+        }
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+/// An empty header array for `parse_head`.
+pub fn empty_headers<'b>() -> [httparse::Header<'b>; MAX_HEADERS] {
+    [httparse::EMPTY_HEADER; MAX_HEADERS]
+}
+
+/// Parses one request head from the start of `buf` (which may hold more: a body, or pipelined
+/// requests). Only the first `MAX_HEAD_BYTES` are looked at.
+pub fn parse_head<'h, 'b>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
+) -> Result<Parse<Head<'h, 'b>>, HttpError> {
+    let window = &buf[..buf.len().min(MAX_HEAD_BYTES)];
+    let mut req = httparse::Request::new(headers);
+    let len = match req.parse(window) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if window.len() == MAX_HEAD_BYTES => {
+            return Err(HttpError::HeadTooLarge("head longer than 8 KiB"));
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parse::Partial),
+        Err(e) => return Err(from_httparse(e, window)),
+    };
+    if has_bare_lf(&window[..len]) {
+        return Err(HttpError::BadRequest("bare LF line ending"));
+    }
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Err(HttpError::BadRequest("incomplete request line"));
+    };
+    let version = if version == 0 { Version::Http10 } else { Version::Http11 };
+    check_target(method, target)?;
+    let fields = Fields::scan(req.headers)?;
+    let host = match (version, fields.host_count) {
+        (_, 0) if version == Version::Http10 => None,
+        (_, 0) => return Err(HttpError::BadRequest("missing Host")),
+        (_, 1) => Some(fields.host),
+        _ => return Err(HttpError::BadRequest("more than one Host")),
+    };
+    if let Some(host) = host
+        && !valid_host(host.as_bytes())
+    {
+        return Err(HttpError::BadRequest("malformed Host"));
+    }
+    let framing = framing(version, &fields)?;
+    let keep_alive = !fields.close && (version == Version::Http11 || fields.keep_alive);
+    Ok(Parse::Complete(Head {
+        method,
+        target,
+        version,
+        headers: req.headers,
+        len,
+        host,
+        keep_alive,
+        framing,
+        expect_continue: fields.expect_continue,
+    }))
+}
+
+/// httparse's error, mapped to a status. A bad version token is 505 only when it is a well-formed
+/// `HTTP/x.y` (RFC 9110 §15.6.6); anything else there is a malformed request line.
+fn from_httparse(e: httparse::Error, buf: &[u8]) -> HttpError {
+    match e {
+        httparse::Error::TooManyHeaders => HttpError::HeadTooLarge("more than 64 header fields"),
+        httparse::Error::Version if well_formed_version(buf) => HttpError::Version,
+        httparse::Error::Version => HttpError::BadRequest("malformed HTTP version"),
+        httparse::Error::HeaderName => HttpError::BadRequest("invalid header name"),
+        httparse::Error::HeaderValue => HttpError::BadRequest("invalid header value"),
+        httparse::Error::NewLine => HttpError::BadRequest("invalid line ending"),
+        httparse::Error::Token | httparse::Error::Status => HttpError::BadRequest("malformed request line"),
+    }
+}
+
+/// Whether the request line's third word (possibly cut off by the end of input) is `HTTP/d.d`.
+fn well_formed_version(buf: &[u8]) -> bool {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+    let line = &buf[start..];
+    let line = &line[..line.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(line.len())];
+    let mut words = line.split(|&b| b == b' ');
+    let version = match (words.next(), words.next(), words.next(), words.next()) {
+        (Some(_), Some(_), Some(v), None) => v,
+        _ => return false,
+    };
+    matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+        if major.is_ascii_digit() && minor.is_ascii_digit())
+}
+
+/// RFC 9112 §2.2 lets a recipient accept a bare LF as a line end; we don't, because a proxy in
+/// front that doesn't would see different header boundaries than we do.
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+}
+
+/// Origin-form (`/path?query`), absolute-form (`http://host/path`) or, for OPTIONS, `*`.
+/// Authority-form (CONNECT's `host:port`) and anything else are malformed here.
+fn check_target(method: &str, target: &str) -> Result<(), HttpError> {
+    if target.starts_with('/') || (target == "*" && method == "OPTIONS") {
+        return Ok(());
+    }
+    match split_target(target) {
+        Target { authority: Some(a), .. } if valid_host(a.as_bytes()) => Ok(()),
+        _ => Err(HttpError::BadRequest("malformed request target")),
+    }
+}
+
+/// A request target taken apart.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// The authority of an absolute-form target.
+    pub authority: Option<&'a str>,
+    /// The path, never empty for a valid target; compared byte for byte (no percent-decoding).
+    pub path: &'a str,
+    /// What follows `?`, without it.
+    pub query: Option<&'a str>,
+}
+
+/// Splits a target into authority, path and query. The scheme of an absolute-form target is
+/// matched without regard to case (RFC 3986 §3.1).
+pub fn split_target(target: &str) -> Target<'_> {
+    let (path_and_query, authority) = match scheme_rest(target) {
+        Some(rest) => {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            (&rest[end..], Some(&rest[..end]))
+        }
+        None => (target, None),
+    };
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let path = if path.is_empty() && authority.is_some() { "/" } else { path };
+    Target { authority, path, query }
+}
+
+fn scheme_rest(target: &str) -> Option<&str> {
+    ["http://", "https://"].iter().find_map(|scheme| {
+        let head = target.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme).then(|| &target[scheme.len()..])
+    })
+}
+
+/// Whether `host` is a `Host` value we accept: `name[:port]`, `IPv4[:port]` or `[IPv6][:port]`.
+/// Stricter than RFC 3986's reg-name (no percent-encoding, no sub-delims, no userinfo), because the
+/// value may be echoed into a redirect's `Location`.
+pub fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix(b"[") {
+        let Some(close) = rest.iter().position(|&b| b == b']') else { return false };
+        let ok = std::str::from_utf8(&rest[..close]).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
+        if !ok {
+            return false;
+        }
+        match &rest[close + 1..] {
+            [] => (&b""[..], None),
+            [b':', port @ ..] => (&b""[..], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match host.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
+            None => (host, None),
+        }
+    };
+    let port_ok = port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && p.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(p).is_ok_and(|s| s.parse::<u16>().is_ok())
+    });
+    let bracketed = host.first() == Some(&b'[');
+    port_ok && (bracketed || valid_name(name))
+}
+
+/// A DNS name or IPv4 address: dot-separated labels of letters, digits and inner hyphens, each
+/// 1–63 bytes, at most 253 bytes in all, with an optional final dot.
+fn valid_name(name: &[u8]) -> bool {
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split(|&b| b == b'.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-')
+                && label[0] != b'-'
+                && label[label.len() - 1] != b'-'
+        })
+}
+
+/// The `Host` value without its port, for a redirect: `example.com:8080` → `example.com`,
+/// `[::1]:80` → `[::1]`. Expects a value that passed `valid_host`.
+pub fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+/// What the head's fields say, collected in one pass over them.
+#[derive(Default)]
+struct Fields<'b> {
+    host: &'b str,
+    host_count: usize,
+    content_length: Option<u64>,
+    /// `Transfer-Encoding` seen at all, and what its codings were.
+    transfer_encoding: bool,
+    chunked_count: usize,
+    other_coding: bool,
+    chunked_last: bool,
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+impl<'b> Fields<'b> {
+    fn scan(headers: &[httparse::Header<'b>]) -> Result<Fields<'b>, HttpError> {
+        let mut f = Fields::default();
+        for h in headers {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("host") {
+                f.host_count += 1;
+                // Non-UTF-8 can't be a valid host; valid_host rejects the empty string we keep instead.
+                f.host = std::str::from_utf8(h.value).unwrap_or("");
+            } else if name.eq_ignore_ascii_case("content-length") {
+                f.content_length(h.value)?;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                f.transfer_encoding(h.value)?;
+            } else if name.eq_ignore_ascii_case("connection") {
+                for token in list(h.value) {
+                    f.close |= token.eq_ignore_ascii_case(b"close");
+                    f.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            } else if name.eq_ignore_ascii_case("expect") {
+                f.expect_continue |= trim(h.value).eq_ignore_ascii_case(b"100-continue");
+            }
+        }
+        Ok(f)
+    }
+
+    /// Each value is a list of decimals; every one of them, in every field, must be the same
+    /// (RFC 9112 §6.3 item 5 lets us accept identical repeats; differing ones are an attack).
+    fn content_length(&mut self, value: &[u8]) -> Result<(), HttpError> {
+        let mut any = false;
+        for item in list(value) {
+            let n = parse_decimal(item).ok_or(HttpError::BadRequest("invalid Content-Length"))?;
+            if self.content_length.is_some_and(|old| old != n) {
+                return Err(HttpError::BadRequest("differing Content-Length values"));
+            }
+            self.content_length = Some(n);
+            any = true;
+        }
+        if !any {
+            return Err(HttpError::BadRequest("empty Content-Length"));
+        }
+        Ok(())
+    }
+
+    fn transfer_encoding(&mut self, value: &[u8]) -> Result<(), HttpError> {
+        self.transfer_encoding = true;
+        let mut any = false;
+        for coding in list(value) {
+            // A coding may carry parameters (`gzip;q=1`); only the name matters for the verdict.
+            let name = trim(coding.split(|&b| b == b';').next().unwrap_or(b""));
+            if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+                return Err(HttpError::BadRequest("malformed Transfer-Encoding"));
+            }
+            let chunked = name.eq_ignore_ascii_case(b"chunked");
+            if chunked && coding.contains(&b';') {
+                return Err(HttpError::BadRequest("parameters on chunked"));
+            }
+            self.chunked_count += usize::from(chunked);
+            self.other_coding |= !chunked;
+            self.chunked_last = chunked;
+            any = true;
+        }
+        if !any {
+            return Err(HttpError::BadRequest("empty Transfer-Encoding"));
+        }
+        Ok(())
+    }
+}
+
+/// The framing rules of RFC 9112 §6.1 and §6.3, as SPEC §2 lists them.
+fn framing(version: Version, f: &Fields<'_>) -> Result<Framing, HttpError> {
+    if f.transfer_encoding {
+        if version == Version::Http10 {
+            // §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+            return Err(HttpError::BadRequest("Transfer-Encoding in HTTP/1.0"));
+        }
+        if f.content_length.is_some() {
+            return Err(HttpError::BadRequest("both Transfer-Encoding and Content-Length"));
+        }
+        if f.other_coding {
+            return Err(HttpError::UnknownCoding);
+        }
+        if f.chunked_count > 1 || !f.chunked_last {
+            return Err(HttpError::BadRequest("chunked applied more than once"));
+        }
+        return Ok(Framing::Chunked);
+    }
+    match f.content_length {
+        None | Some(0) => Ok(Framing::None),
+        Some(n) if n > MAX_BODY_BYTES => Err(HttpError::BodyTooLarge),
+        Some(n) => Ok(Framing::Length(n)),
+    }
+}
+
+/// Decimal digits only (no sign, no spaces), saturating at `u64::MAX`: a huge length is still a
+/// length, and gets 413 rather than 400.
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(s.iter().fold(0u64, |n, &d| n.saturating_mul(10).saturating_add(u64::from(d - b'0'))))
+}
+
+/// RFC 9110 §5.6.1 list elements, trimmed, empty ones skipped (`a, ,b` is `a`, `b`).
+fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim).filter(|s| !s.is_empty())
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = s.iter().position(|b| !is_ows(b)).unwrap_or(s.len());
+    let end = s.iter().rposition(|b| !is_ows(b)).map_or(start, |i| i + 1);
+    &s[start..end]
+}
+
+/// RFC 9110 §5.6.2 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// What `ChunkedDecoder::feed` found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fed {
+    /// Bytes of the input that belong to the body (all of it, unless `done`).
+    pub consumed: usize,
+    /// The body ended within the input; bytes after `consumed` are the next request.
+    pub done: bool,
+}
+
+/// An incremental, strict decoder of the chunked coding (RFC 9112 §7.1) that discards the data.
+/// Fed any split of the same bytes, it gives the same result. Every byte of the coding counts
+/// toward `MAX_BODY_BYTES`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkedDecoder {
+    state: Chunk,
+    size: u64,
+    digits: u32,
+    total: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Chunk {
+    /// Reading the chunk size's hex digits.
+    #[default]
+    Size,
+    /// After the size: whitespace and `;ext` up to CR.
+    Extension,
+    /// Expecting the LF that ends the size line.
+    SizeLf,
+    /// Skipping this many data bytes.
+    Data(u64),
+    /// Expecting the CR, then the LF, after a chunk's data.
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final empty line).
+    TrailerStart,
+    /// Inside a trailer field line.
+    Trailer,
+    /// Expecting the LF ending a trailer line.
+    TrailerLf,
+    /// Expecting the LF of the final empty line.
+    EndLf,
+    /// The body is over.
+    Done,
+}
+
+impl ChunkedDecoder {
+    pub fn feed(&mut self, input: &[u8]) -> Result<Fed, HttpError> {
+        let mut i = 0;
+        while i < input.len() && self.state != Chunk::Done {
+            if let Chunk::Data(left) = self.state {
+                let take = left.min((input.len() - i) as u64);
+                self.count(take)?;
+                i += take as usize;
+                self.state = if take == left { Chunk::DataCr } else { Chunk::Data(left - take) };
+                continue;
+            }
+            self.count(1)?;
+            self.state = self.step(input[i])?;
+            i += 1;
+        }
+        Ok(Fed { consumed: i, done: self.state == Chunk::Done })
+    }
+
+    fn count(&mut self, n: u64) -> Result<(), HttpError> {
+        self.total = self.total.saturating_add(n);
+        if self.total > MAX_BODY_BYTES { Err(HttpError::BodyTooLarge) } else { Ok(()) }
+    }
+
+    fn step(&mut self, b: u8) -> Result<Chunk, HttpError> {
+        let bad = |why| Err(HttpError::BadRequest(why));
+        Ok(match self.state {
+            Chunk::Size => match b {
+                b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                    let digit = (b as char).to_digit(16).unwrap_or(0);
+                    self.size = self.size.saturating_mul(16).saturating_add(u64::from(digit));
+                    self.digits += 1;
+                    if self.size > MAX_BODY_BYTES {
+                        return Err(HttpError::BodyTooLarge);
+                    }
+                    Chunk::Size
+                }
+                _ if self.digits == 0 => return bad("missing chunk size"),
+                b'\r' => Chunk::SizeLf,
+                b';' | b' ' | b'\t' => Chunk::Extension,
+                _ => return bad("invalid chunk size"),
+            },
+            Chunk::Extension => match b {
+                b'\r' => Chunk::SizeLf,
+                b'\t' | b' '..=b'~' | 0x80.. => Chunk::Extension,
+                _ => return bad("invalid byte in chunk extension"),
+            },
+            Chunk::SizeLf => match (b, self.size) {
+                (b'\n', 0) => Chunk::TrailerStart,
+                (b'\n', size) => Chunk::Data(size),
+                _ => return bad("chunk size line not ended by CRLF"),
+            },
+            // Data is skipped in bulk by `feed`, never byte by byte.
+            Chunk::Data(left) => Chunk::Data(left),
+            Chunk::DataCr if b == b'\r' => Chunk::DataLf,
+            Chunk::DataLf if b == b'\n' => {
+                self.size = 0;
+                self.digits = 0;
+                Chunk::Size
+            }
+            Chunk::DataCr | Chunk::DataLf => return bad("chunk data not followed by CRLF"),
+            Chunk::TrailerStart => match b {
+                b'\r' => Chunk::EndLf,
+                _ if is_tchar(b) => Chunk::Trailer,
+                _ => return bad("invalid trailer field"),
+            },
+            Chunk::Trailer => match b {
+                b'\r' => Chunk::TrailerLf,
+                b'\t' | b' '..=b'~' | 0x80.. => Chunk::Trailer,
+                _ => return bad("invalid byte in trailer field"),
+            },
+            Chunk::TrailerLf if b == b'\n' => Chunk::TrailerStart,
+            Chunk::EndLf if b == b'\n' => Chunk::Done,
+            Chunk::TrailerLf | Chunk::EndLf => return bad("trailer line not ended by CRLF"),
+            Chunk::Done => Chunk::Done,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

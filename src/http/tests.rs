@@ -1,0 +1,416 @@
+//! One named test per case: the input, the expected outcome, the assertions.
+
+use super::*;
+
+/// Parses `input` and hands the outcome to `check`.
+fn parse(input: &[u8], check: impl FnOnce(Result<Parse<Head<'_, '_>>, HttpError>)) {
+    let mut headers = empty_headers();
+    check(parse_head(input, &mut headers));
+}
+
+fn complete(input: &[u8], check: impl FnOnce(&Head<'_, '_>)) {
+    parse(input, |r| match r {
+        Ok(Parse::Complete(head)) => check(&head),
+        other => panic!("expected a complete head, got {other:?}"),
+    });
+}
+
+fn error(input: &[u8]) -> HttpError {
+    let mut out = None;
+    parse(input, |r| match r {
+        Err(e) => out = Some(e),
+        other => panic!("expected an error for {:?}, got {other:?}", String::from_utf8_lossy(input)),
+    });
+    out.unwrap()
+}
+
+fn status(input: &[u8]) -> u16 {
+    error(input).status()
+}
+
+macro_rules! rejects {
+    ($($name:ident: $input:expr => $status:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            assert_eq!(status($input), $status, "{:?}", String::from_utf8_lossy($input));
+        }
+    )*};
+}
+
+#[test]
+fn simple_get() {
+    let input = b"GET /status?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n";
+    complete(input, |h| {
+        assert_eq!(h.method, "GET");
+        assert_eq!(h.target, "/status?x=1");
+        assert_eq!(h.version, Version::Http11);
+        assert_eq!(h.host, Some("example.com"));
+        assert_eq!(h.len, input.len());
+        assert!(h.keep_alive);
+        assert_eq!(h.framing, Framing::None);
+        assert!(!h.expect_continue);
+        assert_eq!(h.headers.len(), 1);
+    });
+}
+
+#[test]
+fn pipelined_bytes_after_the_head_are_not_consumed() {
+    let input = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n";
+    complete(input, |h| assert_eq!(h.len, input.len() / 2));
+}
+
+#[test]
+fn partial_head_needs_more() {
+    for cut in 1..b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".len() {
+        parse(&b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"[..cut], |r| assert!(matches!(r, Ok(Parse::Partial)), "cut {cut}"));
+    }
+}
+
+#[test]
+fn leading_empty_lines_are_skipped() {
+    // RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request line.
+    complete(b"\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n", |h| assert_eq!(h.target, "/"));
+}
+
+#[test]
+fn http10_without_host_closes_by_default() {
+    complete(b"GET / HTTP/1.0\r\n\r\n", |h| {
+        assert_eq!(h.version, Version::Http10);
+        assert_eq!(h.host, None);
+        assert!(!h.keep_alive);
+    });
+}
+
+#[test]
+fn http10_keep_alive_on_request() {
+    complete(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", |h| assert!(h.keep_alive));
+}
+
+#[test]
+fn http11_connection_close() {
+    complete(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Close\r\n\r\n", |h| assert!(!h.keep_alive));
+    complete(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: x\r\nConnection: close\r\n\r\n", |h| assert!(!h.keep_alive));
+}
+
+#[test]
+fn absolute_form_target() {
+    complete(b"GET http://example.com/health?a HTTP/1.1\r\nHost: example.com\r\n\r\n", |h| {
+        assert_eq!(
+            split_target(h.target),
+            Target { authority: Some("example.com"), path: "/health", query: Some("a") }
+        );
+    });
+}
+
+#[test]
+fn asterisk_form_for_options() {
+    complete(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", |h| assert_eq!(h.target, "*"));
+}
+
+#[test]
+fn content_length_body() {
+    complete(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello", |h| {
+        assert_eq!(h.framing, Framing::Length(5))
+    });
+}
+
+#[test]
+fn content_length_zero_is_no_body() {
+    complete(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n", |h| assert_eq!(h.framing, Framing::None));
+}
+
+#[test]
+fn content_length_identical_repeats_are_accepted() {
+    complete(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n", |h| {
+        assert_eq!(h.framing, Framing::Length(5))
+    });
+}
+
+#[test]
+fn content_length_at_the_body_limit() {
+    complete(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 65536\r\n\r\n", |h| {
+        assert_eq!(h.framing, Framing::Length(65536))
+    });
+}
+
+#[test]
+fn chunked_body() {
+    complete(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n", |h| {
+        assert_eq!(h.framing, Framing::Chunked)
+    });
+}
+
+#[test]
+fn expect_continue() {
+    complete(b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n", |h| {
+        assert!(h.expect_continue)
+    });
+}
+
+#[test]
+fn head_at_the_size_limit() {
+    let mut input = b"GET / HTTP/1.1\r\nHost: h\r\nX-Pad: ".to_vec();
+    let pad = MAX_HEAD_BYTES - input.len() - 4;
+    input.extend(std::iter::repeat_n(b'a', pad));
+    input.extend(b"\r\n\r\n");
+    assert_eq!(input.len(), MAX_HEAD_BYTES);
+    complete(&input, |h| assert_eq!(h.len, MAX_HEAD_BYTES));
+}
+
+#[test]
+fn head_one_past_the_size_limit() {
+    let mut input = b"GET / HTTP/1.1\r\nHost: h\r\nX-Pad: ".to_vec();
+    let pad = MAX_HEAD_BYTES - input.len() - 3;
+    input.extend(std::iter::repeat_n(b'a', pad));
+    input.extend(b"\r\n\r\n");
+    assert_eq!(input.len(), MAX_HEAD_BYTES + 1);
+    assert_eq!(error(&input), HttpError::HeadTooLarge("head longer than 8 KiB"));
+}
+
+#[test]
+fn long_partial_head_is_refused_without_waiting_for_more() {
+    let mut input = b"GET /".to_vec();
+    input.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES));
+    assert_eq!(status(&input), 431);
+}
+
+fn with_fields(n: usize) -> Vec<u8> {
+    let mut input = b"GET / HTTP/1.1\r\nHost: h\r\n".to_vec();
+    for i in 1..n {
+        input.extend(format!("X-{i}: v\r\n").as_bytes());
+    }
+    input.extend(b"\r\n");
+    input
+}
+
+#[test]
+fn header_count_at_the_limit() {
+    complete(&with_fields(MAX_HEADERS), |h| assert_eq!(h.headers.len(), MAX_HEADERS));
+}
+
+#[test]
+fn header_count_one_past_the_limit() {
+    assert_eq!(status(&with_fields(MAX_HEADERS + 1)), 431);
+}
+
+#[test]
+fn huge_content_length_is_too_large_not_malformed() {
+    assert_eq!(
+        error(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
+        HttpError::BodyTooLarge
+    );
+}
+
+#[test]
+fn version_errors_name_the_cause() {
+    assert_eq!(error(b"GET / HTTP/2.0\r\n\r\n"), HttpError::Version);
+    assert_eq!(error(b"GET / HTTP/1.2\r\nHost: h\r\n\r\n"), HttpError::Version);
+    assert_eq!(error(b"GET / HTTP/0.9\r\n\r\n"), HttpError::Version);
+    assert_eq!(error(b"GET / HTTP/1.1x\r\n\r\n").status(), 400);
+    assert_eq!(error(b"GET / HTTPS/1.1\r\n\r\n").status(), 400);
+    assert_eq!(error(b"GET / FOO\r\n\r\n").status(), 400);
+}
+
+rejects! {
+    missing_host_in_http11: b"GET / HTTP/1.1\r\n\r\n" => 400;
+    two_hosts: b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n" => 400;
+    two_hosts_in_http10: b"GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n" => 400;
+    empty_host: b"GET / HTTP/1.1\r\nHost: \r\n\r\n" => 400;
+    host_with_path: b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n" => 400;
+    host_with_userinfo: b"GET / HTTP/1.1\r\nHost: user@evil.com\r\n\r\n" => 400;
+    host_with_bad_port: b"GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n" => 400;
+    host_with_space: b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n" => 400;
+    host_not_utf8: b"GET / HTTP/1.1\r\nHost: \xff\r\n\r\n" => 400;
+    bare_lf_line_endings: b"GET / HTTP/1.1\nHost: h\n\n" => 400;
+    bare_lf_inside_head: b"GET / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n" => 400;
+    bare_cr: b"GET / HTTP/1.1\rHost: h\r\n\r\n" => 400;
+    obs_fold: b"GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n" => 400;
+    space_before_colon: b"GET / HTTP/1.1\r\nHost : h\r\n\r\n" => 400;
+    nul_in_value: b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x00b\r\n\r\n" => 400;
+    double_space_in_request_line: b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n" => 400;
+    no_target: b"GET HTTP/1.1\r\nHost: h\r\n\r\n" => 400;
+    relative_target: b"GET status HTTP/1.1\r\nHost: h\r\n\r\n" => 400;
+    authority_form: b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n" => 400;
+    asterisk_with_get: b"GET * HTTP/1.1\r\nHost: h\r\n\r\n" => 400;
+    absolute_form_bad_authority: b"GET http://user@h/ HTTP/1.1\r\nHost: h\r\n\r\n" => 400;
+    target_not_utf8: b"GET /\xff HTTP/1.1\r\nHost: h\r\n\r\n" => 400;
+    tls_client_hello: b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" => 400;
+    content_length_not_a_number: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n" => 400;
+    content_length_negative: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n" => 400;
+    content_length_plus: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\n" => 400;
+    content_length_inner_space: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1 2\r\n\r\n" => 400;
+    content_length_empty: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: \r\n\r\n" => 400;
+    content_length_hex: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0x5\r\n\r\n" => 400;
+    content_length_differing_list: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 6\r\n\r\n" => 400;
+    content_length_differing_fields: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n" => 400;
+    content_length_past_the_body_limit: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 65537\r\n\r\n" => 413;
+    transfer_encoding_and_content_length: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n" => 400;
+    transfer_encoding_in_http10: b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n" => 400;
+    transfer_encoding_chunked_twice: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, chunked\r\n\r\n" => 400;
+    transfer_encoding_chunked_in_two_fields: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n" => 400;
+    transfer_encoding_empty: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: \r\n\r\n" => 400;
+    transfer_encoding_not_a_token: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chu\"nked\r\n\r\n" => 400;
+    transfer_encoding_chunked_with_parameter: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked;q=1\r\n\r\n" => 400;
+    transfer_encoding_gzip: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n" => 501;
+    transfer_encoding_gzip_then_chunked: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" => 501;
+    transfer_encoding_identity: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: identity\r\n\r\n" => 501;
+    transfer_encoding_chunked_then_gzip: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n" => 501;
+}
+
+#[test]
+fn hosts() {
+    for ok in [
+        "example.com",
+        "example.com.",
+        "EXAMPLE.com:8443",
+        "a",
+        "127.0.0.1",
+        "127.0.0.1:1",
+        "[::1]",
+        "[::1]:65535",
+        "[2001:db8::1]",
+        "xn--bcher-kva.example",
+        "a-b.c-d",
+    ] {
+        assert!(valid_host(ok.as_bytes()), "{ok:?}");
+    }
+    let long_label = "a".repeat(64);
+    let long_name = ["a"; 128].join(".");
+    for bad in [
+        "",
+        ":80",
+        "example.com:",
+        "example.com:0x50",
+        "example.com:65536",
+        "example.com:123456",
+        "exa mple.com",
+        "example.com/",
+        "example.com?",
+        "example.com#",
+        "user@example.com",
+        "ex%41mple.com",
+        "example..com",
+        ".example.com",
+        "-example.com",
+        "example-.com",
+        "exam_ple.com",
+        "[::1",
+        "[::1]x",
+        "[::1]:",
+        "[1.2.3.4]",
+        "[fe80::1%eth0]",
+        "::1",
+        "example.com:80:80",
+        long_label.as_str(),
+        long_name.as_str(),
+    ] {
+        assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+    }
+}
+
+#[test]
+fn host_ports_are_dropped_for_redirects() {
+    assert_eq!(host_without_port("example.com:8080"), "example.com");
+    assert_eq!(host_without_port("example.com"), "example.com");
+    assert_eq!(host_without_port("[::1]:80"), "[::1]");
+    assert_eq!(host_without_port("[::1]"), "[::1]");
+}
+
+#[test]
+fn targets() {
+    let t = |s| split_target(s);
+    assert_eq!(t("/status"), Target { authority: None, path: "/status", query: None });
+    assert_eq!(t("/status?"), Target { authority: None, path: "/status", query: Some("") });
+    assert_eq!(t("/st%61tus?a=b?c"), Target { authority: None, path: "/st%61tus", query: Some("a=b?c") });
+    assert_eq!(t("HTTP://h:1"), Target { authority: Some("h:1"), path: "/", query: None });
+    assert_eq!(t("https://h?q"), Target { authority: Some("h"), path: "/", query: Some("q") });
+    assert_eq!(t("*"), Target { authority: None, path: "*", query: None });
+}
+
+/// Feeds `input` to a fresh decoder in pieces of `step` bytes.
+fn decode(input: &[u8], step: usize) -> Result<Fed, HttpError> {
+    let mut d = ChunkedDecoder::default();
+    let mut used = 0;
+    for piece in input.chunks(step) {
+        let fed = d.feed(piece)?;
+        used += fed.consumed;
+        if fed.done {
+            return Ok(Fed { consumed: used, done: true });
+        }
+        assert_eq!(fed.consumed, piece.len(), "all of a piece is body until done");
+    }
+    Ok(Fed { consumed: used, done: false })
+}
+
+#[test]
+fn chunked_at_every_split() {
+    let body = b"5\r\nhello\r\n3;name=\"v\"\r\nabc\r\n0\r\nTrailer: x\r\n\r\n";
+    let mut input = body.to_vec();
+    input.extend(b"GET / HTTP/1.1\r\n");
+    for step in 1..=input.len() {
+        assert_eq!(decode(&input, step), Ok(Fed { consumed: body.len(), done: true }), "step {step}");
+    }
+}
+
+#[test]
+fn chunked_incomplete() {
+    assert_eq!(decode(b"5\r\nhel", 100), Ok(Fed { consumed: 6, done: false }));
+    assert_eq!(decode(b"0\r\n\r", 100), Ok(Fed { consumed: 4, done: false }));
+}
+
+#[test]
+fn chunked_uppercase_hex_and_leading_zeros() {
+    let input = b"000A\r\n0123456789\r\n0\r\n\r\n";
+    assert_eq!(decode(input, 100), Ok(Fed { consumed: input.len(), done: true }));
+}
+
+/// A chunked body of exactly `total` bytes on the wire: one data chunk, then the last chunk.
+fn chunked_of_wire_size(total: usize) -> Vec<u8> {
+    // hex digits + CRLF + data + CRLF + "0\r\n\r\n"
+    let data = total - 4 - 2 - 2 - 5;
+    let mut v = format!("{data:04x}\r\n").into_bytes();
+    v.extend(std::iter::repeat_n(b'x', data));
+    v.extend(b"\r\n0\r\n\r\n");
+    assert_eq!(v.len(), total);
+    v
+}
+
+#[test]
+fn chunked_at_the_body_limit() {
+    let input = chunked_of_wire_size(MAX_BODY_BYTES as usize);
+    assert_eq!(decode(&input, 1000), Ok(Fed { consumed: input.len(), done: true }));
+}
+
+#[test]
+fn chunked_one_past_the_body_limit() {
+    let input = chunked_of_wire_size(MAX_BODY_BYTES as usize + 1);
+    assert_eq!(decode(&input, 1000), Err(HttpError::BodyTooLarge));
+}
+
+#[test]
+fn chunk_size_past_the_limit_is_refused_at_once() {
+    assert_eq!(decode(b"10001\r\n", 100), Err(HttpError::BodyTooLarge));
+    assert_eq!(decode(b"ffffffffffffffffffffffff", 100), Err(HttpError::BodyTooLarge));
+}
+
+#[test]
+fn chunked_errors() {
+    for bad in [
+        &b"\r\n"[..],
+        b"g\r\n",
+        b";ext\r\n",
+        b"-5\r\n",
+        b"5\nhello\r\n",
+        b"5\r\nhelloXX",
+        b"5\r\nhello\n0\r\n\r\n",
+        b"5;a\nb\r\n",
+        b"5;a\x00\r\n",
+        b"5\r\nhello\r\n0\r\nX: y\n\r\n",
+        b"5\r\nhello\r\n0\r\n\x01\r\n",
+        b"5\r\nhello\r\n0\r\n\r\r",
+        b"5 x\x7f\r\n",
+    ] {
+        let err = decode(bad, 100).expect_err(&String::from_utf8_lossy(bad));
+        assert_eq!(err.status(), 400, "{:?}", String::from_utf8_lossy(bad));
+    }
+}
