@@ -1,0 +1,6 @@
+//! Integration tests: the real binary on 127.0.0.1:0, raw bytes over real sockets.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod smoke;
