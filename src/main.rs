@@ -43,8 +43,13 @@ fn serve() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Two targets bypass LOG_LEVEL: "access" follows ACCESS_LOG, and "lifecycle" (the startup line
+    // with the effective configuration, signals, drain) is always shown, whatever the level.
     let access = if config.access_log { log::LevelFilter::Info } else { log::LevelFilter::Off };
-    let logger = simple_logger::SimpleLogger::new().with_level(config.log_level).with_module_level("access", access);
+    let logger = simple_logger::SimpleLogger::new()
+        .with_level(config.log_level)
+        .with_module_level("access", access)
+        .with_module_level("lifecycle", log::LevelFilter::Info);
     if let Err(e) = logger.init() {
         eprintln!("zayzoon: cannot start logging: {e}");
         return ExitCode::from(1);

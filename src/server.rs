@@ -120,7 +120,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     // as it sees that line gets a drain, not the default action (or, as PID 1, nothing at all).
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
         .map_err(StartError::Setup)?;
-    log::info!("zayzoon {} listening on {local}; {}", env!("CARGO_PKG_VERSION"), config.summary());
+    log::info!(target: "lifecycle", "zayzoon {} listening on {local}; {}", env!("CARGO_PKG_VERSION"), config.summary());
 
     let handles: Vec<_> = workers
         .into_iter()
@@ -137,7 +137,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             for signal in signals.forever() {
                 received += 1;
                 if received == 1 {
-                    log::info!("signal {signal}: draining (at most {} s)", signal_shared.shutdown_grace.as_secs());
+                    log::info!(target: "lifecycle", "signal {signal}: draining (at most {} s)", signal_shared.shutdown_grace.as_secs());
                     signal_shared.draining.store(true, Ordering::SeqCst);
                     for waker in &wakers {
                         if let Err(e) = waker.wake() {
@@ -145,7 +145,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
                         }
                     }
                 } else {
-                    log::warn!("second signal {signal}: exiting now");
+                    log::warn!(target: "lifecycle", "second signal {signal}: exiting now");
                     std::process::exit(1);
                 }
             }
@@ -159,7 +159,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             std::process::exit(1);
         }
     }
-    log::info!("drained; exiting");
+    log::info!(target: "lifecycle", "drained; exiting");
     Ok(())
 }
 

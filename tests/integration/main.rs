@@ -3,4 +3,10 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-mod smoke;
+mod cli;
+mod framing;
+mod lifecycle;
+mod limits;
+mod redirects;
+mod routes;
+mod timeouts;

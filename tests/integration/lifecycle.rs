@@ -1,0 +1,95 @@
+//! SIGTERM/SIGINT drain (SPEC §4): stop accepting, finish in-flight requests, close idle
+//! connections, exit 0 within the grace period; a second signal exits at once.
+
+use std::io::Write as _;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::support::{PATIENCE, Server, closed_by_server, read_response};
+
+/// A connection the server has certainly accepted: it has answered a request on it.
+fn accepted(server: &Server) -> TcpStream {
+    let mut s = server.connect();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut s, false).unwrap().status, 200);
+    s
+}
+
+#[test]
+fn sigterm_finishes_the_request_in_flight_and_exits_0() {
+    let mut server = Server::start(&[]);
+    let mut busy = server.connect();
+    let mut idle = server.connect();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut idle, false).unwrap().status, 200);
+    // Half a request is in flight when the signal arrives.
+    busy.write_all(b"GET /status HTTP/1.1\r\n").unwrap();
+    server.signal("TERM");
+    server.wait_for_line("draining").expect("drain log line");
+    assert!(closed_by_server(&mut idle), "idle keep-alive connections are closed");
+    busy.write_all(b"Host: a\r\n\r\n").unwrap();
+    let r = read_response(&mut busy, false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Connection"), Some("close"), "responses while draining close");
+    let status = server.wait_exit(PATIENCE).expect("exits");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn sigint_drains_too_and_stops_accepting() {
+    let mut server = Server::start(&[]);
+    let mut busy = accepted(&server);
+    busy.write_all(b"GET /status HTTP/1.1\r\n").unwrap();
+    server.signal("INT");
+    server.wait_for_line("draining").expect("drain log line");
+    // The listener is closed: new connections are refused (or, racing the close, never served).
+    match TcpStream::connect_timeout(&server.addr, Duration::from_secs(1)) {
+        Err(_) => {}
+        Ok(mut late) => {
+            late.set_read_timeout(Some(PATIENCE)).unwrap();
+            let _ = late.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert!(read_response(&mut late, false).is_err(), "a connection after the signal was served");
+        }
+    }
+    busy.write_all(b"Host: a\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut busy, false).unwrap().status, 200);
+    assert_eq!(server.wait_exit(PATIENCE).expect("exits").code(), Some(0));
+}
+
+#[test]
+fn grace_period_bounds_the_drain() {
+    let mut server = Server::start(&[("SHUTDOWN_GRACE_S", "1"), ("HEADER_TIMEOUT_S", "60")]);
+    let mut stuck = accepted(&server);
+    stuck.write_all(b"GET /status HTTP/1.1\r\n").unwrap();
+    let start = Instant::now();
+    server.signal("TERM");
+    let status = server.wait_exit(PATIENCE).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "{took:?}");
+    assert!(closed_by_server(&mut stuck));
+}
+
+#[test]
+fn second_signal_exits_at_once() {
+    let mut server = Server::start(&[("SHUTDOWN_GRACE_S", "60"), ("HEADER_TIMEOUT_S", "60")]);
+    let mut stuck = accepted(&server);
+    stuck.write_all(b"GET /status HTTP/1.1\r\n").unwrap();
+    server.signal("TERM");
+    server.wait_for_line("draining").expect("drain log line");
+    let start = Instant::now();
+    server.signal("TERM");
+    let status = server.wait_exit(PATIENCE).expect("exits");
+    assert_eq!(status.code(), Some(1));
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn idle_server_exits_promptly() {
+    let mut server = Server::start(&[]);
+    let start = Instant::now();
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(PATIENCE).expect("exits").code(), Some(0));
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(server.log_text().contains("drained"));
+}
