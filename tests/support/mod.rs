@@ -47,10 +47,9 @@ impl Server {
         let mut child = cmd.spawn().expect("start zayzoon");
         let (tx, lines) = mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
+        for pipe in
+            [Box::new(child.stdout.take().unwrap()) as Box<dyn io::Read + Send>, Box::new(child.stderr.take().unwrap())]
+        {
             let tx = tx.clone();
             let log = Arc::clone(&log);
             std::thread::spawn(move || {
@@ -65,7 +64,7 @@ impl Server {
             let status = server.child.try_wait();
             panic!("no listening line; exit {status:?}; log:\n{}", server.log_text())
         });
-        let addr = line.split("listening on ").nth(1).unwrap().split(|c| c == ';' || c == ' ').next().unwrap();
+        let addr = line.split("listening on ").nth(1).unwrap().split([';', ' ']).next().unwrap();
         server.addr = addr.parse().expect("address in the listening line");
         server
     }
@@ -225,10 +224,8 @@ pub fn read_response(s: &mut impl io::Read, head_request: bool) -> io::Result<Re
             (n.to_owned(), v.to_owned())
         })
         .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map_or(0, |(_, v)| v.parse().unwrap());
+    let len: usize =
+        headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-length")).map_or(0, |(_, v)| v.parse().unwrap());
     let mut body = vec![0; if head_request { 0 } else { len }];
     s.read_exact(&mut body)?;
     Ok(Response { status, head, headers, body })
