@@ -267,9 +267,11 @@ fn parse_redis_url(v: &str) -> Option<Option<RedisUrl>> {
     let rest = v.strip_prefix("redis://")?;
     let authority = rest.split('/').next().unwrap_or("");
     let host_port = authority.rsplit('@').next().unwrap_or("");
-    if host_port.is_empty() || v.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+    if host_port.is_empty() || !v.is_ascii() || v.bytes().any(|b| b.is_ascii_control() || b == b' ') {
         return None;
     }
+    // The rest (port, database number, percent-encoding) is checked by the crate that will use it.
+    redis::IntoConnectionInfo::into_connection_info(v).ok()?;
     Some(Some(RedisUrl(v.to_owned())))
 }
 
@@ -388,6 +390,9 @@ mod tests {
         rejects("REDIS_URL", "cache:6379");
         rejects("REDIS_URL", "redis://");
         rejects("REDIS_URL", "redis://user:pw@/0");
+        rejects("REDIS_URL", "redis://cache:port/0");
+        rejects("REDIS_URL", "redis://cache:6379/db");
+        rejects("REDIS_URL", "redis://caché:6379");
     }
 
     #[test]

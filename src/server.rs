@@ -18,7 +18,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::clock;
 use crate::config::{ACCEPT_BACKOFF, Config, READ_CHUNK, SWEEP_INTERVAL};
 use crate::conn::{Conn, Ctx, Drive, Session, Settings};
-use crate::limit::{Limiter, MemoryStore, Policy, Ticket};
+use crate::limit::{self, Limiter, MemoryStore, Policy, Ticket};
 use crate::response::Renderer;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -29,6 +29,7 @@ const WAKER: Token = Token(usize::MAX);
 pub enum StartError {
     Bind(SocketAddr, io::Error),
     Setup(io::Error),
+    Redis(limit::redis::StartError),
 }
 
 impl std::fmt::Display for StartError {
@@ -36,6 +37,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             StartError::Setup(e) => write!(f, "cannot set up the event loop: {e}"),
+            StartError::Redis(e) => e.fmt(f),
         }
     }
 }
@@ -44,6 +46,7 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StartError::Bind(_, e) | StartError::Setup(e) => Some(e),
+            StartError::Redis(e) => Some(e),
         }
     }
 }
@@ -60,6 +63,30 @@ struct Shared {
 
 /// Runs the server until a signal ends it. Returns once every worker has finished draining.
 pub fn run(config: Config) -> Result<(), StartError> {
+    let mut polls = Vec::with_capacity(config.workers);
+    let mut wakers = Vec::with_capacity(config.workers);
+    for _ in 0..config.workers {
+        let poll = Poll::new().map_err(StartError::Setup)?;
+        wakers.push(Arc::new(Waker::new(poll.registry(), WAKER).map_err(StartError::Setup)?));
+        polls.push(poll);
+    }
+    let memory = Arc::new(MemoryStore::default());
+    // Redis first: a server that can't reach its store should not take connections it can't serve.
+    let (remotes, redis_stats) = match &config.redis_url {
+        Some(url) => {
+            let (remotes, stats) = limit::redis::start(
+                url,
+                config.redis_connect_retries,
+                config.redis_timeout,
+                Arc::clone(&memory),
+                wakers.clone(),
+            )
+            .map_err(StartError::Redis)?;
+            (remotes.into_iter().map(Some).collect(), Some(stats))
+        }
+        None => ((0..config.workers).map(|_| None).collect::<Vec<_>>(), None),
+    };
+
     let addr = SocketAddr::new(config.bind_addr, config.port);
     let listener = TcpListener::bind(addr).map_err(|e| StartError::Bind(addr, e))?;
     let local = listener.local_addr().map_err(StartError::Setup)?;
@@ -84,13 +111,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         endpoint: config.rate_limit_endpoint,
         exempt: config.rate_limit_exempt.clone(),
     });
-    let memory = Arc::new(MemoryStore::default());
-
     let mut workers = Vec::with_capacity(config.workers);
-    let mut wakers = Vec::with_capacity(config.workers);
-    for id in 0..config.workers {
-        let poll = Poll::new().map_err(StartError::Setup)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(StartError::Setup)?);
+    for (id, (poll, remote)) in polls.into_iter().zip(remotes).enumerate() {
         let mut listener = TcpListener::from_std(listener.try_clone().map_err(StartError::Setup)?);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(StartError::Setup)?;
         let now = Instant::now();
@@ -102,7 +124,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             busy: Vec::new(),
             shared: Arc::clone(&shared),
             settings: Arc::clone(&settings),
-            limiter: Limiter::new(Arc::clone(&policy), Arc::clone(&memory)),
+            limiter: Limiter::new(Arc::clone(&policy), Arc::clone(&memory), remote),
             renderer: Renderer::new(clock::unix_millis_now()),
             scratch: vec![0; READ_CHUNK],
             spare_buffers: Vec::new(),
@@ -112,7 +134,6 @@ pub fn run(config: Config) -> Result<(), StartError> {
             next_sweep: now + SWEEP_INTERVAL,
             drain_deadline: None,
         });
-        wakers.push(waker);
     }
     drop(listener);
 
@@ -158,6 +179,15 @@ pub fn run(config: Config) -> Result<(), StartError> {
             log::error!("a worker thread panicked; exiting");
             std::process::exit(1);
         }
+    }
+    if let Some(stats) = redis_stats {
+        log::info!(
+            target: "lifecycle",
+            "redis: {} checks in {} round trips; {} decided from memory",
+            stats.checks.load(Ordering::Relaxed),
+            stats.round_trips.load(Ordering::Relaxed),
+            stats.fallbacks.load(Ordering::Relaxed)
+        );
     }
     log::info!(target: "lifecycle", "drained; exiting");
     Ok(())
@@ -245,7 +275,8 @@ impl Worker {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now, wall_ms),
-                    WAKER => self.take_answers(now, wall_ms),
+                    // Woken for a limiter answer or a signal: both are looked at below, every turn.
+                    WAKER => {}
                     Token(slot) => {
                         let readable = event.is_readable() || event.is_read_closed() || event.is_error();
                         let writable = event.is_writable() || event.is_write_closed();
@@ -259,6 +290,7 @@ impl Worker {
             for slot in std::mem::take(&mut self.busy) {
                 self.drive(slot, now, wall_ms);
             }
+            self.take_answers(now, wall_ms);
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
                 self.accept(now, wall_ms);
@@ -269,6 +301,8 @@ impl Worker {
             if now >= self.next_sweep || self.drain_deadline.is_some() {
                 self.sweep(now, wall_ms);
             }
+            // Everything this turn asked the Redis store goes out in one message.
+            self.limiter.flush();
             if let Some(deadline) = self.drain_deadline
                 && (self.conns.len == 0 || now >= deadline)
             {
@@ -287,6 +321,9 @@ impl Worker {
         }
         let mut wake = self.next_sweep;
         if let Some(t) = self.accept_paused_until {
+            wake = wake.min(t);
+        }
+        if let Some(t) = self.limiter.next_deadline() {
             wake = wake.min(t);
         }
         wake.saturating_duration_since(now)
@@ -392,7 +429,7 @@ impl Worker {
 
     /// Hands remote limiter decisions to the connections waiting for them.
     fn take_answers(&mut self, now: Instant, wall_ms: i64) {
-        for (ticket, decision) in self.limiter.take_answers() {
+        for (ticket, decision) in self.limiter.take_answers(now) {
             let (mut ctx, conns, _, _) = self.ctx(now, wall_ms);
             if let Some(Some(conn)) = conns.entries.get_mut(ticket.slot) {
                 conn.session.on_decision(ticket, decision, &mut ctx);

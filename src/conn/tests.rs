@@ -32,7 +32,7 @@ impl Harness {
                 keepalive_timeout: Duration::from_secs(75),
                 access_log: false,
             },
-            limiter: Limiter::new(Arc::new(policy), Arc::new(MemoryStore::default())),
+            limiter: Limiter::new(Arc::new(policy), Arc::new(MemoryStore::default()), None),
             renderer: Renderer::new(784_111_777_000),
             now: Instant::now(),
             draining: false,

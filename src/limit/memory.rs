@@ -52,6 +52,12 @@ impl Entry {
     }
 }
 
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").field("clients", &self.clients()).finish()
+    }
+}
+
 impl Default for MemoryStore {
     fn default() -> Self {
         MemoryStore::with_capacity(MAX_LIMITER_ENTRIES)

@@ -10,6 +10,7 @@
 //! the in-memory and Redis stores give the same decisions for the same traffic.
 
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -169,8 +170,8 @@ impl CounterId {
     pub fn name(self) -> &'static str {
         match self {
             CounterId::Global => "global",
-            CounterId::Status => "/status",
-            CounterId::Health => "/health",
+            CounterId::Status => "status",
+            CounterId::Health => "health",
         }
     }
 }
@@ -288,30 +289,50 @@ pub enum Check {
     Pending,
 }
 
-/// One worker's way to ask for decisions. The memory store answers at once; a remote store (Redis)
+/// One worker's way to ask for decisions. The memory store answers at once; the Redis store
 /// answers later, and the connection waits meanwhile without blocking the worker.
+#[derive(Debug)]
 pub struct Limiter {
     policy: Arc<Policy>,
     memory: Arc<MemoryStore>,
+    remote: Option<redis::Remote>,
 }
 
 impl Limiter {
-    pub fn new(policy: Arc<Policy>, memory: Arc<MemoryStore>) -> Limiter {
-        Limiter { policy, memory }
+    pub fn new(policy: Arc<Policy>, memory: Arc<MemoryStore>, remote: Option<redis::Remote>) -> Limiter {
+        Limiter { policy, memory, remote }
     }
 
     /// Counts a request from `client` for `path` and decides, or starts deciding, whether it may go on.
-    pub fn check(&mut self, client: IpAddr, path: &str, _ticket: Ticket, now: Instant) -> Check {
+    pub fn check(&mut self, client: IpAddr, path: &str, ticket: Ticket, now: Instant) -> Check {
         let Some(counters) = self.policy.counters(client, path) else {
             return Check::Ready(Decision::Unlimited);
         };
-        let states = self.memory.hit(ClientKey::of(client), counters.as_slice(), now);
+        let key = ClientKey::of(client);
+        if let Some(remote) = self.remote.as_mut().filter(|r| r.is_up()) {
+            remote.submit(ticket, key, counters, now);
+            return Check::Pending;
+        }
+        let states = self.memory.hit(key, counters.as_slice(), now);
         Check::Ready(Decision::from_states(counters.as_slice(), &states[..counters.as_slice().len()]))
     }
 
-    /// Decisions that arrived since the last call, for requests that got `Check::Pending`.
-    pub fn take_answers(&mut self) -> Vec<(Ticket, Decision)> {
-        Vec::new()
+    /// Sends the checks of this loop turn on their way (one message for all of them).
+    pub fn flush(&mut self) {
+        if let Some(remote) = &mut self.remote {
+            remote.flush();
+        }
+    }
+
+    /// Decisions for requests that got `Check::Pending`: answers that arrived, and memory
+    /// decisions for those that waited `REDIS_TIMEOUT_MS` in vain.
+    pub fn take_answers(&mut self, now: Instant) -> Vec<(Ticket, Decision)> {
+        self.remote.as_mut().map_or_else(Vec::new, |r| r.take_answers(now))
+    }
+
+    /// When `take_answers` must next be called even if no answer arrives.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.remote.as_ref().and_then(redis::Remote::next_deadline)
     }
 }
 
