@@ -1,14 +1,72 @@
-//! Rate limiting with the in-memory store (SPEC §3): each limit at the limit and one past it.
+//! Rate limiting (SPEC §3): each limit at the limit and one past it. Every test runs twice, once
+//! with the in-memory store and once against a real `redis-server`, and must give the same answers;
+//! after each Redis run, every key left in Redis must have a TTL.
 
+use crate::support::redis::RedisServer;
 use crate::support::{Response, Server};
+
+/// Which store a test runs against.
+pub enum Store {
+    Memory,
+    Redis(RedisServer),
+}
+
+impl Store {
+    /// Starts zayzoon with `env`, on this store.
+    fn start(&self, env: &[(&str, &str)]) -> Server {
+        match self {
+            Store::Memory => Server::start(env),
+            Store::Redis(redis) => {
+                let url = redis.url();
+                let mut env = env.to_vec();
+                env.push(("REDIS_URL", &url));
+                Server::start(&env)
+            }
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Store::Redis(redis) = self
+            && !std::thread::panicking()
+        {
+            assert!(!redis.keys().is_empty(), "the test left no keys in Redis: did it use Redis at all?");
+            redis.assert_every_key_expires();
+        }
+    }
+}
+
+/// Runs each named test once per store.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[test] fn $name() { super::$name(&super::Store::Memory) })*
+        }
+        mod redis {
+            $(#[test] fn $name() { super::$name(&super::Store::Redis(crate::support::redis::RedisServer::start(&[]))) })*
+        }
+    };
+}
+
+on_both_stores!(
+    default_limit_at_and_past_the_limit,
+    endpoint_limit_at_and_past_the_limit_per_path,
+    the_check_runs_before_the_redirect,
+    window_refills_after_it_ends,
+    ipv6_clients_share_their_64,
+    ipv4_mapped_is_ipv4,
+    spoofed_entries_left_of_the_proxy_do_not_change_the_key,
+    exempt_clients_are_never_counted,
+    headers_describe_the_most_restrictive_limit,
+);
 
 fn from(server: &Server, path: &str, client: &str) -> Response {
     server.get_with(path, &[&format!("X-Forwarded-For: {client}")])
 }
 
-#[test]
-fn default_limit_at_and_past_the_limit() {
-    let server = Server::start(&[("RATE_LIMIT_DEFAULT", "3/minute"), ("RATE_LIMIT_ENDPOINT", "100/minute")]);
+fn default_limit_at_and_past_the_limit(store: &Store) {
+    let server = store.start(&[("RATE_LIMIT_DEFAULT", "3/minute"), ("RATE_LIMIT_ENDPOINT", "100/minute")]);
     for remaining in [2, 1, 0] {
         let r = from(&server, "/nowhere", "203.0.113.1");
         assert_eq!(r.status, 404, "404s count too");
@@ -31,9 +89,8 @@ fn default_limit_at_and_past_the_limit() {
     assert_eq!(from(&server, "/status", "203.0.113.2").status, 200);
 }
 
-#[test]
-fn endpoint_limit_at_and_past_the_limit_per_path() {
-    let server = Server::start(&[("RATE_LIMIT_ENDPOINT", "2 per minute")]);
+fn endpoint_limit_at_and_past_the_limit_per_path(store: &Store) {
+    let server = store.start(&[("RATE_LIMIT_ENDPOINT", "2 per minute")]);
     assert_eq!(from(&server, "/status", "198.51.100.1").status, 200);
     let r = from(&server, "/status", "198.51.100.1");
     assert_eq!((r.status, r.header("RateLimit-Limit"), r.header("RateLimit-Remaining")), (200, Some("2"), Some("0")));
@@ -46,17 +103,15 @@ fn endpoint_limit_at_and_past_the_limit_per_path() {
     assert_eq!((r.status, r.header("RateLimit-Limit")), (404, Some("100")));
 }
 
-#[test]
-fn the_check_runs_before_the_redirect() {
-    let server = Server::start(&[("RATE_LIMIT_DEFAULT", "1/minute")]);
+fn the_check_runs_before_the_redirect(store: &Store) {
+    let server = store.start(&[("RATE_LIMIT_DEFAULT", "1/minute")]);
     let redirect = ["X-Forwarded-For: 192.0.2.50", "X-Forwarded-Proto: http"];
     assert_eq!(server.get_with("/status", &redirect).status, 301);
     assert_eq!(server.get_with("/status", &redirect).status, 429);
 }
 
-#[test]
-fn window_refills_after_it_ends() {
-    let server = Server::start(&[("RATE_LIMIT_DEFAULT", "2/second")]);
+fn window_refills_after_it_ends(store: &Store) {
+    let server = store.start(&[("RATE_LIMIT_DEFAULT", "2/second")]);
     assert_eq!(from(&server, "/nowhere", "192.0.2.9").status, 404);
     assert_eq!(from(&server, "/nowhere", "192.0.2.9").status, 404);
     let r = from(&server, "/nowhere", "192.0.2.9");
@@ -73,32 +128,28 @@ fn window_refills_after_it_ends() {
     }
 }
 
-#[test]
-fn ipv6_clients_share_their_64() {
-    let server = Server::start(&[("RATE_LIMIT_DEFAULT", "2/minute")]);
+fn ipv6_clients_share_their_64(store: &Store) {
+    let server = store.start(&[("RATE_LIMIT_DEFAULT", "2/minute")]);
     assert_eq!(from(&server, "/nowhere", "2001:db8:1:2::1").status, 404);
     assert_eq!(from(&server, "/nowhere", "2001:db8:1:2:ffff::9").status, 404);
     assert_eq!(from(&server, "/nowhere", "2001:db8:1:2:abcd::").status, 429, "same /64");
     assert_eq!(from(&server, "/nowhere", "2001:db8:1:3::1").status, 404, "another /64");
 }
 
-#[test]
-fn ipv4_mapped_is_ipv4() {
-    let server = Server::start(&[("RATE_LIMIT_DEFAULT", "1/minute")]);
+fn ipv4_mapped_is_ipv4(store: &Store) {
+    let server = store.start(&[("RATE_LIMIT_DEFAULT", "1/minute")]);
     assert_eq!(from(&server, "/nowhere", "::ffff:192.0.2.77").status, 404);
     assert_eq!(from(&server, "/nowhere", "192.0.2.77").status, 429);
 }
 
-#[test]
-fn spoofed_entries_left_of_the_proxy_do_not_change_the_key() {
-    let server = Server::start(&[("RATE_LIMIT_DEFAULT", "1/minute")]);
+fn spoofed_entries_left_of_the_proxy_do_not_change_the_key(store: &Store) {
+    let server = store.start(&[("RATE_LIMIT_DEFAULT", "1/minute")]);
     assert_eq!(from(&server, "/nowhere", "1.1.1.1, 192.0.2.60").status, 404);
     assert_eq!(from(&server, "/nowhere", "2.2.2.2, 192.0.2.60").status, 429);
 }
 
-#[test]
-fn exempt_clients_are_never_counted() {
-    let server = Server::start(&[("RATE_LIMIT_DEFAULT", "1/minute"), ("RATE_LIMIT_EXEMPT", "10.0.0.0/16, 127.0.0.1")]);
+fn exempt_clients_are_never_counted(store: &Store) {
+    let server = store.start(&[("RATE_LIMIT_DEFAULT", "1/minute"), ("RATE_LIMIT_EXEMPT", "10.0.0.0/16, 127.0.0.1")]);
     for _ in 0..3 {
         // No X-Forwarded-For: the TCP peer, 127.0.0.1, is the client (like the ALB's health checker).
         let r = server.get("/health");
@@ -120,9 +171,8 @@ fn limiting_off_sends_no_headers() {
     }
 }
 
-#[test]
-fn headers_describe_the_most_restrictive_limit() {
-    let server = Server::start(&[("RATE_LIMIT_DEFAULT", "5/minute"), ("RATE_LIMIT_ENDPOINT", "3/hour")]);
+fn headers_describe_the_most_restrictive_limit(store: &Store) {
+    let server = store.start(&[("RATE_LIMIT_DEFAULT", "5/minute"), ("RATE_LIMIT_ENDPOINT", "3/hour")]);
     let r = from(&server, "/status", "192.0.2.33");
     // endpoint: 2 left of 3 (per hour); global: 4 left of 5. Fewest remaining wins.
     assert_eq!(r.header("RateLimit-Limit"), Some("3"));

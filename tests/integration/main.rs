@@ -8,5 +8,6 @@ mod framing;
 mod lifecycle;
 mod limits;
 mod redirects;
+mod redis_store;
 mod routes;
 mod timeouts;

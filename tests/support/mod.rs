@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};

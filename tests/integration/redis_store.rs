@@ -1,0 +1,207 @@
+//! The Redis store against a real `redis-server`: batching, exact counts, failures at run time
+//! (killed, restarted, stalled) and at startup (unreachable, wrong password, bad database).
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::redis::RedisServer;
+use crate::support::{BIN, PATIENCE, Server, read_response};
+
+fn start(redis: &RedisServer, env: &[(&str, &str)]) -> Server {
+    let url = redis.url();
+    let mut env = env.to_vec();
+    env.push(("REDIS_URL", &url));
+    env.push(("ACCESS_LOG", "false"));
+    Server::start(&env)
+}
+
+/// Sends `per_conn` keep-alive requests on each of `conns` parallel connections, the client of
+/// connection i being 198.51.100.(i % clients); returns the slowest response time seen.
+fn load(server: &Server, conns: usize, per_conn: usize, clients: usize) -> Duration {
+    let slowest = Arc::new(Mutex::new(Duration::ZERO));
+    let addr = server.addr;
+    std::thread::scope(|scope| {
+        for i in 0..conns {
+            let slowest = Arc::clone(&slowest);
+            scope.spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(PATIENCE)).unwrap();
+                let req =
+                    format!("GET /nowhere HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 198.51.100.{}\r\n\r\n", i % clients);
+                for _ in 0..per_conn {
+                    let start = Instant::now();
+                    s.write_all(req.as_bytes()).unwrap();
+                    let r = read_response(&mut s, false).unwrap();
+                    assert_eq!(r.status, 404);
+                    let took = start.elapsed();
+                    let mut worst = slowest.lock().unwrap();
+                    *worst = (*worst).max(took);
+                }
+            });
+        }
+    });
+    *slowest.lock().unwrap()
+}
+
+#[test]
+fn concurrent_counts_are_exact_and_batched() {
+    let redis = RedisServer::start(&[]);
+    let server = start(&redis, &[("RATE_LIMIT_DEFAULT", "1000000/minute")]);
+    let (conns, per_conn, clients) = (32, 50, 8);
+    let reads_before = redis.info_number("total_reads_processed");
+    load(&server, conns, per_conn, clients);
+    let reads = redis.info_number("total_reads_processed") - reads_before;
+    // No lost or double increments: each client's counter holds exactly its requests.
+    for c in 0..clients {
+        let count: u64 = redis.cli(&["--raw", "GET", &format!("zayzoon:{{198.51.100.{c}}}:global")]).parse().unwrap();
+        assert_eq!(count, (conns / clients * per_conn) as u64, "client {c}");
+    }
+    let requests = (conns * per_conn) as u64;
+    assert_eq!(redis.command_calls("evalsha"), requests, "one script call per request");
+    // Batching: fewer reads by Redis (≈ round trips) than requests, and the server's own count agrees.
+    assert!(reads < requests, "{reads} reads for {requests} requests");
+    server.signal("TERM");
+    let line = server.wait_for_line("redis: ").expect("stats line");
+    let round_trips: u64 = line.split(" checks in ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(line.contains(&format!("redis: {requests} checks in ")), "{line}");
+    assert!(round_trips < requests, "{line}");
+    eprintln!("{requests} requests: {round_trips} round trips, {reads} Redis reads");
+    redis.assert_every_key_expires();
+}
+
+#[test]
+fn killed_redis_falls_back_to_memory_and_comes_back() {
+    let mut redis = RedisServer::start(&[]);
+    let server = start(&redis, &[("REDIS_TIMEOUT_MS", "100"), ("RATE_LIMIT_DEFAULT", "1000000/minute")]);
+    assert_eq!(server.get("/health").status, 200);
+    redis.kill();
+    // Every request is still answered, none waits much longer than the timeout.
+    let slowest = load(&server, 8, 25, 4);
+    assert!(slowest < Duration::from_millis(600), "slowest {slowest:?}");
+    server.wait_for_line("come from memory").expect("one WARN when Redis goes");
+    assert_eq!(server.log_lines("rate limits come from memory").len(), 1, "{}", server.log_text());
+
+    redis.restart();
+    // Back within seconds: the INFO line, then counts land in Redis again.
+    server.wait_for_line("come from Redis again").expect("one INFO when Redis is back");
+    assert_eq!(server.get_with("/nowhere", &["X-Forwarded-For: 192.0.2.200"]).status, 404);
+    assert_eq!(redis.cli(&["--raw", "GET", "zayzoon:{192.0.2.200}:global"]), "1");
+    assert_eq!(server.log_lines("come from Redis again").len(), 1);
+}
+
+#[test]
+fn stalled_redis_is_waited_for_at_most_the_timeout() {
+    let redis = RedisServer::start(&[]);
+    let server = start(&redis, &[("REDIS_TIMEOUT_MS", "50")]);
+    assert_eq!(server.get("/health").status, 200);
+    // Redis stops answering anyone for 2 s, keeping the connections open.
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "2000"]), "OK");
+    let start = Instant::now();
+    let r = server.get("/status");
+    let took = start.elapsed();
+    assert_eq!(r.status, 200);
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    assert_eq!(r.header("RateLimit-Limit"), Some("10"), "decided (from memory), not skipped");
+    server.wait_for_line("failed").expect("WARN");
+}
+
+#[test]
+fn silent_redis_at_startup_exits_1_after_the_retries() {
+    // Accepts connections (the kernel's backlog does) and never says a word.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://:hunter2@{}", silent.local_addr().unwrap());
+    let start = Instant::now();
+    let out = std::process::Command::new(BIN)
+        .env_clear()
+        .envs([("REDIS_URL", url.as_str()), ("REDIS_CONNECT_RETRIES", "2"), ("REDIS_TIMEOUT_MS", "100"), ("PORT", "0")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(start.elapsed() < PATIENCE);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("after 2 attempt(s)"), "{text}");
+    assert!(!text.contains("hunter2"), "password redacted: {text}");
+    assert!(text.contains("redis://:***@127.0.0.1:"), "{text}");
+    assert!(!text.contains("listening on"), "{text}");
+}
+
+fn startup_failure(url: &str, retries: &str) -> (Option<i32>, String, Duration) {
+    let start = Instant::now();
+    let out = std::process::Command::new(BIN)
+        .env_clear()
+        .envs([("REDIS_URL", url), ("REDIS_CONNECT_RETRIES", retries), ("PORT", "0")])
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), start.elapsed())
+}
+
+#[test]
+fn unreachable_redis_at_startup_exits_1_after_the_retries() {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (code, text, took) = startup_failure(&format!("redis://127.0.0.1:{port}"), "3");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("after 3 attempt(s)"), "{text}");
+    assert_eq!(text.matches("not ready (attempt").count(), 2, "a WARN per failed attempt before the last: {text}");
+    // Backoff between attempts: 100 ms, then 200 ms.
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+}
+
+#[test]
+fn wrong_password_is_a_clear_error_at_once() {
+    let redis = RedisServer::start(&["--requirepass", "right"]);
+    let (code, text, _) = startup_failure(&format!("redis://:wrong@127.0.0.1:{}", redis.port), "5");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("after 1 attempt(s)"), "not retried: {text}");
+    assert!(text.to_lowercase().contains("pass"), "{text}");
+    assert!(!text.contains("wrong@"), "{text}");
+    // The right password works.
+    let url = format!("redis://:right@127.0.0.1:{}", redis.port);
+    let server = Server::start(&[("REDIS_URL", &url)]);
+    assert_eq!(server.get("/status").status, 200);
+}
+
+#[test]
+fn database_out_of_range_is_a_clear_error() {
+    let redis = RedisServer::start(&[]);
+    let (code, text, _) = startup_failure(&format!("redis://127.0.0.1:{}/99", redis.port), "5");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("DB index is out of range"), "{text}");
+}
+
+#[test]
+fn selected_database_is_used() {
+    let redis = RedisServer::start(&[]);
+    let url = format!("redis://127.0.0.1:{}/3", redis.port);
+    let server = Server::start(&[("REDIS_URL", &url)]);
+    assert_eq!(server.get("/status").status, 200);
+    assert_eq!(redis.cli(&["-n", "3", "--raw", "GET", "zayzoon:{127.0.0.1}:status"]), "1");
+    assert!(redis.keys().is_empty(), "nothing in db 0");
+}
+
+#[test]
+fn flushed_scripts_are_reloaded() {
+    let redis = RedisServer::start(&[]);
+    let server = start(&redis, &[("RATE_LIMIT_ENDPOINT", "2/minute")]);
+    assert_eq!(server.get("/status").status, 200);
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]), "OK");
+    assert_eq!(server.get("/status").status, 200);
+    assert_eq!(server.get("/status").status, 429, "still counted in Redis after NOSCRIPT");
+    assert!(server.log_lines("failed").is_empty(), "NOSCRIPT is not a failure: {}", server.log_text());
+}
+
+#[test]
+fn redis_down_is_never_a_5xx() {
+    let mut redis = RedisServer::start(&[]);
+    let server = start(&redis, &[("REDIS_TIMEOUT_MS", "100")]);
+    let statuses = Arc::new(AtomicU64::new(0));
+    redis.kill();
+    for i in 0..30 {
+        let r = server.get_with("/health", &[&format!("X-Forwarded-For: 203.0.113.{i}")]);
+        assert!(r.status < 500, "{}", r.status);
+        statuses.fetch_add(1, Ordering::Relaxed);
+    }
+    assert_eq!(statuses.load(Ordering::Relaxed), 30);
+}
