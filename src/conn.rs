@@ -14,7 +14,7 @@ use crate::app::{self, Request};
 use crate::clock::UtcTime;
 use crate::config::{LINGER, MAX_PENDING_OUTPUT};
 use crate::http::{self, ChunkedDecoder, Framing, HttpError, Parse, Version};
-use crate::limit::{Check, Decision, Limiter, Ticket};
+use crate::limit::{Check, CheckId, Decision, Limiter, Ticket};
 use crate::proxy;
 use crate::response::{Connection, Renderer, Response};
 
@@ -78,6 +78,8 @@ pub enum AfterFlush {
 pub struct Session {
     peer: IpAddr,
     ticket: Ticket,
+    /// Requests dispatched on this connection so far; numbers each limiter check.
+    requests: u64,
     state: State,
     /// Input not yet processed: a partial head, or requests held back by backpressure or a pending
     /// decision. Empty (and unallocated) most of the time.
@@ -104,6 +106,7 @@ impl Session {
         Session {
             peer: peer.to_canonical(),
             ticket,
+            requests: 0,
             state: State::Idle,
             input: Vec::new(),
             output: Vec::new(),
@@ -164,10 +167,10 @@ impl Session {
         self.settle();
     }
 
-    /// A remote limiter's answer for `ticket`; stale answers (for a closed connection whose slot
-    /// was reused) are ignored.
-    pub fn on_decision(&mut self, ticket: Ticket, decision: Decision, ctx: &mut Ctx<'_>) {
-        if ticket != self.ticket || !matches!(self.state, State::Deciding { .. }) {
+    /// A remote limiter's answer for check `id`; stale answers (for an earlier request, or a
+    /// closed connection whose slot was reused) are ignored.
+    pub fn on_decision(&mut self, id: CheckId, decision: Decision, ctx: &mut Ctx<'_>) {
+        if id != self.check_id() || !matches!(self.state, State::Deciding { .. }) {
             return;
         }
         if let State::Deciding { req } = std::mem::replace(&mut self.state, State::Idle) {
@@ -366,9 +369,14 @@ impl Session {
         }
     }
 
+    fn check_id(&self) -> CheckId {
+        CheckId { conn: self.ticket, request: self.requests }
+    }
+
     /// Asks the limiter about `req`, and answers it now or once the decision arrives.
     fn dispatch(&mut self, req: Request, ctx: &mut Ctx<'_>) {
-        match ctx.limiter.check(req.forwarded.client, req.path(), self.ticket, ctx.now) {
+        self.requests += 1;
+        match ctx.limiter.check(req.forwarded.client, req.path(), self.check_id(), ctx.now) {
             Check::Ready(decision) => self.answer(req, decision, ctx),
             Check::Pending => {
                 self.state = State::Deciding { req };

@@ -429,11 +429,11 @@ impl Worker {
 
     /// Hands remote limiter decisions to the connections waiting for them.
     fn take_answers(&mut self, now: Instant, wall_ms: i64) {
-        for (ticket, decision) in self.limiter.take_answers(now) {
+        for (id, decision) in self.limiter.take_answers(now) {
             let (mut ctx, conns, _, _) = self.ctx(now, wall_ms);
-            if let Some(Some(conn)) = conns.entries.get_mut(ticket.slot) {
-                conn.session.on_decision(ticket, decision, &mut ctx);
-                self.drive(ticket.slot, now, wall_ms);
+            if let Some(Some(conn)) = conns.entries.get_mut(id.conn.slot) {
+                conn.session.on_decision(id, decision, &mut ctx);
+                self.drive(id.conn.slot, now, wall_ms);
             }
         }
     }

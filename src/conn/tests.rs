@@ -2,7 +2,7 @@
 //! fed at every split point and must give the same responses.
 
 use super::*;
-use crate::limit::{MemoryStore, Policy, Rate};
+use crate::limit::{CheckId, MemoryStore, Policy, Rate};
 use std::sync::Arc;
 
 struct Harness {
@@ -312,4 +312,72 @@ fn idle_sessions_hold_no_buffers() {
 #[test]
 fn access_log_escapes_what_clients_send() {
     assert_eq!(Escaped("/a b\"c\\d\u{1b}[31m\u{e9}").to_string(), "/a\\x20b\\x22c\\x5cd\\x1b[31m\\xc3\\xa9");
+}
+
+/// A harness whose limiter waits for answers, as with Redis; returns the answer channel.
+fn waiting_harness() -> (Harness, std::sync::mpsc::Sender<Vec<(CheckId, Decision)>>) {
+    let mut h = Harness::new();
+    let memory = Arc::new(MemoryStore::default());
+    let (remote, answers) = crate::limit::redis::detached(Duration::from_millis(100), Arc::clone(&memory));
+    h.limiter = Limiter::new(
+        Arc::new(Policy {
+            enabled: true,
+            default: Rate::per_minute(100),
+            endpoint: Rate::per_minute(10),
+            exempt: vec![],
+        }),
+        memory,
+        Some(remote),
+    );
+    (h, answers)
+}
+
+fn limited(remaining: u64) -> Decision {
+    Decision::Limited { allowed: true, rate: Rate::per_minute(10), remaining, reset_secs: 30 }
+}
+
+#[test]
+fn pipelined_requests_wait_for_their_decision_in_order() {
+    let (mut h, _answers) = waiting_harness();
+    let mut s = h.session();
+    s.receive(b"GET /status HTTP/1.1\r\nHost: a\r\n\r\nGET /health HTTP/1.1\r\nHost: a\r\n\r\n", &mut h.ctx());
+    assert!(s.pending_output().is_empty(), "nothing before the first decision");
+    assert!(!s.wants_read());
+    let first = CheckId { conn: Ticket { slot: 0, serial: 0 }, request: 1 };
+    s.on_decision(first, limited(7), &mut h.ctx());
+    let out = std::str::from_utf8(s.pending_output()).unwrap().to_owned();
+    assert_eq!(statuses(&out), [200]);
+    assert!(out.contains("RateLimit-Remaining: 7"));
+    // The second request is now waiting for its own decision.
+    s.on_decision(CheckId { request: 2, ..first }, limited(3), &mut h.ctx());
+    let out = std::str::from_utf8(s.pending_output()).unwrap().to_owned();
+    assert_eq!(statuses(&out), [200, 200]);
+    assert!(out.contains("RateLimit-Remaining: 3"));
+}
+
+#[test]
+fn stale_decisions_are_ignored() {
+    let (mut h, _answers) = waiting_harness();
+    let mut s = h.session();
+    s.receive(b"GET /status HTTP/1.1\r\nHost: a\r\n\r\n", &mut h.ctx());
+    let current = CheckId { conn: Ticket { slot: 0, serial: 0 }, request: 1 };
+    // An answer for an earlier request, and one for another connection that had this slot.
+    s.on_decision(CheckId { request: 0, ..current }, limited(1), &mut h.ctx());
+    s.on_decision(CheckId { conn: Ticket { slot: 0, serial: 5 }, ..current }, limited(1), &mut h.ctx());
+    assert!(s.pending_output().is_empty());
+    s.on_decision(current, limited(9), &mut h.ctx());
+    assert!(std::str::from_utf8(s.pending_output()).unwrap().contains("RateLimit-Remaining: 9"));
+}
+
+#[test]
+fn a_limiter_that_never_answers_gets_500_not_a_hang() {
+    let (mut h, _answers) = waiting_harness();
+    let mut s = h.session();
+    s.receive(b"GET /status HTTP/1.1\r\nHost: a\r\n\r\n", &mut h.ctx());
+    h.now += Duration::from_secs(10);
+    s.on_tick(&mut h.ctx());
+    let out = std::str::from_utf8(s.pending_output()).unwrap().to_owned();
+    assert_eq!(statuses(&out), [500]);
+    assert!(out.contains("\"error\":\"Internal Server Error\""));
+    assert!(out.contains("\r\nConnection: close\r\n"));
 }

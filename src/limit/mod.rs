@@ -271,12 +271,20 @@ impl Decision {
     }
 }
 
-/// Identifies a request waiting for a decision: the connection's slot and a serial number, so an
-/// answer that arrives after its connection closed (and the slot was reused) is recognised as stale.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Identifies a connection: its slot in its worker and a serial number unique in that worker, so
+/// that an answer arriving after its connection closed (and the slot was reused) is stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Ticket {
     pub slot: usize,
     pub serial: u64,
+}
+
+/// Identifies one check: its connection and the request's number on it, so that a late answer for
+/// an earlier request (already decided from memory) can't be taken for the current one's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CheckId {
+    pub conn: Ticket,
+    pub request: u64,
 }
 
 /// The answer to `Limiter::check`.
@@ -304,13 +312,13 @@ impl Limiter {
     }
 
     /// Counts a request from `client` for `path` and decides, or starts deciding, whether it may go on.
-    pub fn check(&mut self, client: IpAddr, path: &str, ticket: Ticket, now: Instant) -> Check {
+    pub fn check(&mut self, client: IpAddr, path: &str, id: CheckId, now: Instant) -> Check {
         let Some(counters) = self.policy.counters(client, path) else {
             return Check::Ready(Decision::Unlimited);
         };
         let key = ClientKey::of(client);
         if let Some(remote) = self.remote.as_mut().filter(|r| r.is_up()) {
-            remote.submit(ticket, key, counters, now);
+            remote.submit(id, key, counters, now);
             return Check::Pending;
         }
         let states = self.memory.hit(key, counters.as_slice(), now);
@@ -326,7 +334,7 @@ impl Limiter {
 
     /// Decisions for requests that got `Check::Pending`: answers that arrived, and memory
     /// decisions for those that waited `REDIS_TIMEOUT_MS` in vain.
-    pub fn take_answers(&mut self, now: Instant) -> Vec<(Ticket, Decision)> {
+    pub fn take_answers(&mut self, now: Instant) -> Vec<(CheckId, Decision)> {
         self.remote.as_mut().map_or_else(Vec::new, |r| r.take_answers(now))
     }
 

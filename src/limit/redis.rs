@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use redis::{ConnectionLike as _, Value};
 
-use super::{ClientKey, CounterId, CounterState, Counters, Decision, MemoryStore, Ticket};
+use super::{CheckId, ClientKey, CounterId, CounterState, Counters, Decision, MemoryStore};
 use crate::config::RedisUrl;
 
 /// INCR each counter; give it its window (PEXPIRE, milliseconds) when it was just created, or when
@@ -60,7 +60,7 @@ pub fn key_name(client: ClientKey, counter: CounterId) -> String {
 #[derive(Debug, Clone, Copy)]
 struct Job {
     worker: usize,
-    ticket: Ticket,
+    id: CheckId,
     key: ClientKey,
     counters: Counters,
 }
@@ -209,7 +209,7 @@ fn is_noscript(v: &Value) -> bool {
 
 /// Where a worker's answers go.
 struct Outlet {
-    answers: Sender<Vec<(Ticket, Decision)>>,
+    answers: Sender<Vec<(CheckId, Decision)>>,
     waker: Arc<mio::Waker>,
 }
 
@@ -338,10 +338,10 @@ impl LimiterThread {
 
     /// Sends each worker its answers in one message and wakes it once.
     fn deliver<'a>(&self, answers: impl Iterator<Item = (&'a Job, Decision)>) {
-        let mut per_worker: Vec<Vec<(Ticket, Decision)>> = vec![Vec::new(); self.outlets.len()];
+        let mut per_worker: Vec<Vec<(CheckId, Decision)>> = vec![Vec::new(); self.outlets.len()];
         for (job, decision) in answers {
             if let Some(list) = per_worker.get_mut(job.worker) {
-                list.push((job.ticket, decision));
+                list.push((job.id, decision));
             }
         }
         for (outlet, list) in self.outlets.iter().zip(per_worker) {
@@ -373,12 +373,12 @@ pub struct Remote {
     /// Checks of this loop turn, sent together by `flush`.
     batch: Vec<Job>,
     jobs: Sender<Vec<Job>>,
-    answers: Receiver<Vec<(Ticket, Decision)>>,
+    answers: Receiver<Vec<(CheckId, Decision)>>,
     up: Arc<AtomicBool>,
     /// Checks sent and not yet answered, and when each stops waiting (oldest first: every check
     /// waits the same `timeout`, so the deadlines are in order).
-    waiting: HashMap<(usize, u64), Waiting>,
-    deadlines: VecDeque<(Instant, Ticket)>,
+    waiting: HashMap<CheckId, Waiting>,
+    deadlines: VecDeque<(Instant, CheckId)>,
     timeout: Duration,
     memory: Arc<MemoryStore>,
 }
@@ -390,10 +390,10 @@ impl Remote {
     }
 
     /// Queues a check; it is sent at the end of the loop turn (`flush`).
-    pub fn submit(&mut self, ticket: Ticket, key: ClientKey, counters: Counters, now: Instant) {
-        self.batch.push(Job { worker: self.worker, ticket, key, counters });
-        self.waiting.insert((ticket.slot, ticket.serial), Waiting { key, counters });
-        self.deadlines.push_back((now + self.timeout, ticket));
+    pub fn submit(&mut self, id: CheckId, key: ClientKey, counters: Counters, now: Instant) {
+        self.batch.push(Job { worker: self.worker, id, key, counters });
+        self.waiting.insert(id, Waiting { key, counters });
+        self.deadlines.push_back((now + self.timeout, id));
     }
 
     /// Sends this turn's checks to the limiter thread, in one message.
@@ -410,18 +410,17 @@ impl Remote {
     }
 
     /// Answers that arrived, and memory decisions for checks whose wait ran out.
-    pub fn take_answers(&mut self, now: Instant) -> Vec<(Ticket, Decision)> {
+    pub fn take_answers(&mut self, now: Instant) -> Vec<(CheckId, Decision)> {
         let mut out = Vec::new();
         while let Ok(list) = self.answers.try_recv() {
-            for (ticket, decision) in list {
+            for (id, decision) in list {
                 // Not waiting any more: already decided from memory after its deadline.
-                if self.waiting.remove(&(ticket.slot, ticket.serial)).is_some() {
-                    out.push((ticket, decision));
+                if self.waiting.remove(&id).is_some() {
+                    out.push((id, decision));
                 }
             }
         }
-        while let Some(&(deadline, ticket)) = self.deadlines.front() {
-            let id = (ticket.slot, ticket.serial);
+        while let Some(&(deadline, id)) = self.deadlines.front() {
             if self.waiting.contains_key(&id) && deadline > now {
                 break;
             }
@@ -429,7 +428,7 @@ impl Remote {
             // Answered already, or out of time: then memory decides.
             if let Some(w) = self.waiting.remove(&id) {
                 log::debug!("no Redis answer within {:?}: deciding from memory", self.timeout);
-                out.push((ticket, decide_from_memory(&self.memory, w.key, &w.counters, now)));
+                out.push((id, decide_from_memory(&self.memory, w.key, &w.counters, now)));
             }
         }
         out
@@ -439,6 +438,27 @@ impl Remote {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.front().map(|&(d, _)| d)
     }
+}
+
+/// A `Remote` with no limiter thread behind it, for tests of the waiting side: returns it with
+/// the sender its answers come through.
+#[cfg(test)]
+pub(crate) fn detached(timeout: Duration, memory: Arc<MemoryStore>) -> (Remote, Sender<Vec<(CheckId, Decision)>>) {
+    // No thread receives the jobs: `flush` finds the channel closed and leaves them to deadlines.
+    let (jobs, _) = mpsc::channel();
+    let (answers_tx, answers) = mpsc::channel();
+    let remote = Remote {
+        worker: 0,
+        batch: Vec::new(),
+        jobs,
+        answers,
+        up: Arc::new(AtomicBool::new(true)),
+        waiting: HashMap::new(),
+        deadlines: VecDeque::new(),
+        timeout,
+        memory,
+    };
+    (remote, answers_tx)
 }
 
 #[cfg(test)]
@@ -479,20 +499,7 @@ mod tests {
 
     #[test]
     fn waiting_checks_fall_back_to_memory_at_their_deadline() {
-        let (jobs, _jobs_rx) = mpsc::channel();
-        let (_answers_tx, answers) = mpsc::channel();
-        let memory = Arc::new(MemoryStore::default());
-        let mut remote = Remote {
-            worker: 0,
-            batch: Vec::new(),
-            jobs,
-            answers,
-            up: Arc::new(AtomicBool::new(true)),
-            waiting: HashMap::new(),
-            deadlines: VecDeque::new(),
-            timeout: Duration::from_millis(100),
-            memory,
-        };
+        let (mut remote, _answers) = detached(Duration::from_millis(100), Arc::new(MemoryStore::default()));
         let policy = crate::limit::Policy {
             enabled: true,
             default: Rate::per_minute(5),
@@ -502,14 +509,14 @@ mod tests {
         let ip = "192.0.2.1".parse().unwrap();
         let counters = policy.counters(ip, "/status").unwrap();
         let t0 = Instant::now();
-        let ticket = Ticket { slot: 3, serial: 9 };
-        remote.submit(ticket, ClientKey::of(ip), counters, t0);
+        let id = CheckId { conn: crate::limit::Ticket { slot: 3, serial: 9 }, request: 2 };
+        remote.submit(id, ClientKey::of(ip), counters, t0);
         remote.flush();
         assert_eq!(remote.next_deadline(), Some(t0 + Duration::from_millis(100)));
         assert!(remote.take_answers(t0 + Duration::from_millis(99)).is_empty());
         let answers = remote.take_answers(t0 + Duration::from_millis(100));
         assert_eq!(answers.len(), 1);
-        assert_eq!(answers[0].0, ticket);
+        assert_eq!(answers[0].0, id);
         assert!(answers[0].1.allowed());
         assert_eq!(remote.next_deadline(), None);
     }
