@@ -117,7 +117,13 @@ pub fn parse_head<'h, 'b>(
 ) -> Result<Parse<Head<'h, 'b>>, HttpError> {
     let window = &buf[..buf.len().min(MAX_HEAD_BYTES)];
     let mut req = httparse::Request::new(headers);
-    let len = match req.parse(window) {
+    let status = match req.parse(window) {
+        // httparse refuses `HTTP/2` at its `2`; whether that is 505 or 400 depends on the rest of
+        // the word, so until the line ends it is incomplete, not yet an error.
+        Err(httparse::Error::Version) if version_cut_short(window) => Ok(httparse::Status::Partial),
+        other => other,
+    };
+    let len = match status {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if window.len() == MAX_HEAD_BYTES => {
             return Err(HttpError::HeadTooLarge("head longer than 8 KiB"));
@@ -174,18 +180,33 @@ fn from_httparse(e: httparse::Error, buf: &[u8]) -> HttpError {
     }
 }
 
-/// Whether the request line's third word (possibly cut off by the end of input) is `HTTP/d.d`.
+/// Whether the request line's third word is `HTTP/d.d`.
 fn well_formed_version(buf: &[u8]) -> bool {
+    matches!(version_word(buf), Some((version, _)) if version.len() == 8 && version_prefix(version))
+}
+
+/// Whether the request line has not ended yet and its third word so far could still become
+/// `HTTP/d.d`: then the same bytes with more after them may be a 505 or a 400, so neither is
+/// decided yet (found by fuzzing: `GET / HTTP/2` in one read was 400, `GET / HTTP/2.0\r\n` 505).
+fn version_cut_short(buf: &[u8]) -> bool {
+    matches!(version_word(buf), Some((version, false)) if version_prefix(version))
+}
+
+/// The request line's third word, and whether the line has ended (by CR or LF).
+fn version_word(buf: &[u8]) -> Option<(&[u8], bool)> {
     let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
     let line = &buf[start..];
-    let line = &line[..line.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(line.len())];
-    let mut words = line.split(|&b| b == b' ');
-    let version = match (words.next(), words.next(), words.next(), words.next()) {
-        (Some(_), Some(_), Some(v), None) => v,
-        _ => return false,
-    };
-    matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
-        if major.is_ascii_digit() && minor.is_ascii_digit())
+    let end = line.iter().position(|&b| b == b'\r' || b == b'\n');
+    let mut words = line[..end.unwrap_or(line.len())].split(|&b| b == b' ');
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some(_), Some(_), Some(v), None) => Some((v, end.is_some())),
+        _ => None,
+    }
+}
+
+/// Whether `word` is `HTTP/d.d` or the start of it.
+fn version_prefix(word: &[u8]) -> bool {
+    word.len() <= 8 && word.iter().zip(b"HTTP/0.0").all(|(&b, &p)| if p == b'0' { b.is_ascii_digit() } else { b == p })
 }
 
 /// RFC 9112 §2.2 lets a recipient accept a bare LF as a line end; we don't, because a proxy in

@@ -211,6 +211,20 @@ fn version_errors_name_the_cause() {
     assert_eq!(error(b"GET / FOO\r\n\r\n").status(), 400);
 }
 
+/// Found by fuzzing (fuzz/checks.rs `http_head`): the status of a bad version depended on how the
+/// request line was split across reads, `GET / HTTP/2` alone being 400 and the whole line 505.
+#[test]
+fn a_version_cut_short_waits_for_the_end_of_the_line() {
+    for prefix in [&b"GET / HTTP/2"[..], b"GET / HTTP/2.", b"GET / HTTP/2.0", b"GET / HTTP/1.2", b"PRI * HTTP/2.0"] {
+        parse(prefix, |r| assert!(matches!(r, Ok(Parse::Partial)), "{:?}: {r:?}", String::from_utf8_lossy(prefix)));
+    }
+    assert_eq!(error(b"GET / HTTP/2.0\r"), HttpError::Version, "a CR ends the line");
+    assert_eq!(error(b"GET / HTTP/1.2x").status(), 400, "past the length of a version");
+    assert_eq!(error(b"GET / HTTP/1.2x\r\n\r\n").status(), 400, "the same, whole");
+    assert_eq!(error(b"GET / HTTP/x").status(), 400, "can't become a version");
+    assert_eq!(error(b"GET / HTTP/1.1 x").status(), 400, "a fourth word");
+}
+
 rejects! {
     missing_host_in_http11: b"GET / HTTP/1.1\r\n\r\n" => 400;
     two_hosts: b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n" => 400;
