@@ -546,6 +546,16 @@ impl Conn {
         Drive::Busy
     }
 
+    /// After an internal error: one try at sending a 500 (only if nothing else is queued, so it
+    /// can't land in the middle of another response); the caller then closes the connection.
+    pub fn abort_with_500(&mut self, renderer: &Renderer) {
+        if self.session.pending_output().is_empty() {
+            let mut out = Vec::new();
+            renderer.write(&Response { connection: Connection::Close, ..Response::error(500) }, &mut out);
+            let _ = self.stream.write(&out);
+        }
+    }
+
     fn write_some(&mut self, ctx: &Ctx<'_>) -> io::Result<()> {
         let pending = self.session.pending_output();
         match self.stream.write(pending) {

@@ -347,6 +347,14 @@ impl Worker {
 
     /// Lets connection `slot` move bytes, and drops it if it closed.
     fn drive(&mut self, slot: usize, now: Instant, wall_ms: i64) {
+        self.drive_after(slot, now, wall_ms, |_, _| {});
+    }
+
+    /// Runs `first` on connection `slot` (a deadline check, a limiter answer), then lets it move
+    /// bytes, and drops it if it closed. A panic in there is a bug, and it costs only this
+    /// connection: the client gets a 500 if nothing else was queued for it, then the close; every
+    /// other connection goes on.
+    fn drive_after(&mut self, slot: usize, now: Instant, wall_ms: i64, first: impl FnOnce(&mut Conn, &mut Ctx<'_>)) {
         let (mut ctx, conns, scratch, spares) = self.ctx(now, wall_ms);
         let Some(Some(conn)) = conns.entries.get_mut(slot) else { return };
         if let Some(buf) = spares.pop()
@@ -354,7 +362,15 @@ impl Worker {
         {
             spares.push(unused);
         }
-        let outcome = conn.drive(scratch, &mut ctx);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            first(conn, &mut ctx);
+            conn.drive(scratch, &mut ctx)
+        }))
+        .unwrap_or_else(|_| {
+            log::error!("internal error on a connection (a bug; see the panic message above); closing it");
+            conn.abort_with_500(ctx.renderer);
+            Drive::Closed
+        });
         if let Some(buf) = conn.session.take_output_buffer()
             && spares.len() < SPARE_BUFFERS
         {
@@ -430,11 +446,7 @@ impl Worker {
     /// Hands remote limiter decisions to the connections waiting for them.
     fn take_answers(&mut self, now: Instant, wall_ms: i64) {
         for (id, decision) in self.limiter.take_answers(now) {
-            let (mut ctx, conns, _, _) = self.ctx(now, wall_ms);
-            if let Some(Some(conn)) = conns.entries.get_mut(id.conn.slot) {
-                conn.session.on_decision(id, decision, &mut ctx);
-                self.drive(id.conn.slot, now, wall_ms);
-            }
+            self.drive_after(id.conn.slot, now, wall_ms, |conn, ctx| conn.session.on_decision(id, decision, ctx));
         }
     }
 
@@ -450,14 +462,12 @@ impl Worker {
         self.next_sweep = now + SWEEP_INTERVAL;
         let draining = self.drain_deadline.is_some();
         for slot in 0..self.conns.entries.len() {
-            let (mut ctx, conns, _, _) = self.ctx(now, wall_ms);
-            let Some(Some(conn)) = conns.entries.get_mut(slot) else { continue };
+            let Some(Some(conn)) = self.conns.entries.get(slot) else { continue };
             if draining && conn.session.is_idle() {
                 self.close(slot);
                 continue;
             }
-            conn.session.on_tick(&mut ctx);
-            self.drive(slot, now, wall_ms);
+            self.drive_after(slot, now, wall_ms, |conn, ctx| conn.session.on_tick(ctx));
         }
     }
 }

@@ -381,3 +381,30 @@ fn a_limiter_that_never_answers_gets_500_not_a_hang() {
     assert!(out.contains("\"error\":\"Internal Server Error\""));
     assert!(out.contains("\r\nConnection: close\r\n"));
 }
+
+#[test]
+fn abort_sends_a_500_only_when_nothing_else_is_queued() {
+    use std::io::Read as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut h = Harness::new();
+    for queued in [false, true] {
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let mut conn = Conn::new(mio::net::TcpStream::from_std(server_side), h.session());
+        if queued {
+            conn.session.receive(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n", &mut h.ctx());
+        }
+        conn.abort_with_500(&h.renderer);
+        drop(conn);
+        let mut got = String::new();
+        (&client).read_to_string(&mut got).unwrap();
+        if queued {
+            assert!(got.is_empty(), "no 500 in the middle of other output: {got}");
+        } else {
+            assert!(got.starts_with("HTTP/1.1 500 Internal Server Error\r\n"), "{got}");
+            assert!(got.contains("\r\nContent-Security-Policy: "));
+            assert!(got.contains("\r\nConnection: close\r\n"));
+            assert!(got.ends_with(r#""status":500}"#));
+        }
+    }
+}
