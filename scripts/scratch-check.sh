@@ -49,16 +49,28 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" > /dev/null
 }
 
+# Run a command with its output kept aside, shown only if it fails.
+quietly() {
+  if ! "$@" > "$work/quietly.log" 2>&1; then
+    sed 's/^/    /' "$work/quietly.log"
+    return 1
+  fi
+}
+
 work="$(mktemp -d /tmp/zayzoon-scratch.XXXXXX)"
 dockerd_pid=""
 container=""
 image=""
+ctx_container=""
+ctx_image=""
 chroot_pid=""
 
 cleanup() {
   set +e
   if [ -n "$container" ]; then docker rm -f "$container" > /dev/null 2>&1; fi
   if [ -n "$image" ]; then docker rmi -f "$image" > /dev/null 2>&1; fi
+  if [ -n "$ctx_container" ]; then docker rm -f "$ctx_container" > /dev/null 2>&1; fi
+  if [ -n "$ctx_image" ]; then docker rmi -f "$ctx_image" > /dev/null 2>&1; fi
   if [ -n "$chroot_pid" ] && kill -0 "$chroot_pid" 2> /dev/null; then
     kill -KILL "$chroot_pid" 2> /dev/null
     wait "$chroot_pid" 2> /dev/null
@@ -75,6 +87,40 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# ---- the engine ------------------------------------------------------------------------------------
+engine=""
+start_dockerd() {
+  if ! command -v dockerd > /dev/null; then
+    if [ "$(id -u)" -ne 0 ] && ! command -v sudo > /dev/null; then return 1; fi
+    apt_install docker.io || return 1
+  fi
+  [ "$(id -u)" -eq 0 ] || return 1
+  local d="$work/docker"
+  mkdir -p "$d"
+  dockerd --data-root "$d/data" --exec-root "$d/exec" --pidfile "$d/dockerd.pid" \
+    -H "unix://$d/docker.sock" --bridge=none --iptables=false --ip-masq=false \
+    > "$work/dockerd.log" 2>&1 &
+  dockerd_pid=$!
+  export DOCKER_HOST="unix://$d/docker.sock"
+  for _ in $(seq 1 150); do
+    if docker info > /dev/null 2>&1; then return 0; fi
+    kill -0 "$dockerd_pid" 2> /dev/null || break
+    sleep 0.2
+  done
+  echo "dockerd did not start; its last lines:"
+  tail -n 5 "$work/dockerd.log" | sed 's/^/    /'
+  return 1
+}
+
+if [ "${ZAYZOON_SCRATCH_CHECK:-}" = chroot ]; then
+  engine=""
+elif command -v docker > /dev/null && docker info > /dev/null 2>&1; then
+  engine="running Docker engine $(docker version -f '{{.Server.Version}}')"
+elif start_dockerd; then
+  engine="own dockerd $(docker version -f '{{.Server.Version}}') (data root under $work, --bridge=none --iptables=false)"
+fi
+if [ -n "$engine" ]; then log "engine: $engine"; fi
+
 # ---- 1. the binary, built as the Dockerfile's builder stage builds it -----------------------------
 case "$(uname -m)" in
   x86_64) triple=x86_64-unknown-linux-musl ;;
@@ -85,9 +131,24 @@ if ! rustup target list --installed | grep -qx "$triple"; then
   log "rustup target add $triple"
   rustup target add "$triple"
 fi
-log "cargo build --release --locked --target $triple"
-cargo build --release --locked --target "$triple"
 target_dir="$(cargo metadata --format-version 1 --no-deps | sed -E 's/.*"target_directory":"([^"]*)".*/\1/')"
+
+# With an engine, build from the very files `docker build .` would send (.dockerignore applied by
+# Docker itself), so a file the builder stage would be missing fails here too, not first in the
+# deploy workflow. The binary still lands in the usual target directory.
+src="$PWD"
+if [ -n "$engine" ]; then
+  ctx_image="zayzoon-scratch-context:$$"
+  printf 'FROM scratch\nCOPY . /context\n' | quietly docker build -q -t "$ctx_image" -f - .
+  ctx_container="$(docker create "$ctx_image" /none)"
+  docker cp "$ctx_container:/context" "$work/build-context"
+  docker rm "$ctx_container" > /dev/null && ctx_container=""
+  docker rmi "$ctx_image" > /dev/null && ctx_image=""
+  src="$work/build-context"
+  log "build context after .dockerignore: $(cd "$src" && find . -type f | wc -l) files in $(cd "$src" && echo *)"
+fi
+log "cargo build --release --locked --target $triple   (in ${src/#"$PWD"/the work tree})"
+(cd "$src" && CARGO_TARGET_DIR="$target_dir" cargo build --release --locked --target "$triple")
 binary="$target_dir/$triple/release/zayzoon"
 [ -x "$binary" ] || die "no binary at $binary"
 binary_bytes="$(stat -c %s "$binary")"
@@ -164,46 +225,13 @@ wait_listening() {
   done
 }
 
-# ---- the engine ------------------------------------------------------------------------------------
-engine=""
-start_dockerd() {
-  if ! command -v dockerd > /dev/null; then
-    if [ "$(id -u)" -ne 0 ] && ! command -v sudo > /dev/null; then return 1; fi
-    apt_install docker.io || return 1
-  fi
-  [ "$(id -u)" -eq 0 ] || return 1
-  local d="$work/docker"
-  mkdir -p "$d"
-  dockerd --data-root "$d/data" --exec-root "$d/exec" --pidfile "$d/dockerd.pid" \
-    -H "unix://$d/docker.sock" --bridge=none --iptables=false --ip-masq=false \
-    > "$work/dockerd.log" 2>&1 &
-  dockerd_pid=$!
-  export DOCKER_HOST="unix://$d/docker.sock"
-  for _ in $(seq 1 150); do
-    if docker info > /dev/null 2>&1; then return 0; fi
-    kill -0 "$dockerd_pid" 2> /dev/null || break
-    sleep 0.2
-  done
-  echo "dockerd did not start; its last lines:"
-  tail -n 5 "$work/dockerd.log" | sed 's/^/    /'
-  return 1
-}
-
-if [ "${ZAYZOON_SCRATCH_CHECK:-}" = chroot ]; then
-  engine=""
-elif command -v docker > /dev/null && docker info > /dev/null 2>&1; then
-  engine="running Docker engine $(docker version -f '{{.Server.Version}}')"
-elif start_dockerd; then
-  engine="own dockerd $(docker version -f '{{.Server.Version}}') (data root under $work, --bridge=none --iptables=false)"
-fi
-
 # ---- 2-5 in Docker -----------------------------------------------------------------------------------
 docker_checks() {
   image="zayzoon-scratch-check:$$"
   container="zayzoon-scratch-check-$$"
   log "docker build (the Dockerfile's final stage):"
   sed 's/^/    | /' "$work/context/Dockerfile"
-  docker build -q -t "$image" "$work/context" > /dev/null
+  quietly docker build -q -t "$image" "$work/context"
 
   # 2. One file in the image: every layer's entries, directories aside.
   docker save -o "$work/image.tar" "$image"
@@ -355,7 +383,7 @@ healthy_after=""
 stop_after=""
 stop_code=""
 if [ -n "$engine" ]; then
-  log "engine: $engine; port $port"
+  log "port $port"
   docker_checks
   mode="docker"
 else
@@ -365,7 +393,8 @@ else
     echo "!!! FALLBACK: no Docker engine could be used here; running the same checks in an empty root"
   fi
   echo "!!! (unshare --pid --mount --fork, chroot --userspec=65534:65534, read-only bind mount)."
-  echo "!!! The Dockerfile's HEALTHCHECK command is run by hand, not by an engine."
+  echo "!!! The Dockerfile's HEALTHCHECK command is run by hand, not by an engine, and the binary"
+  echo "!!! was built from the work tree, not from Docker's build context (.dockerignore not applied)."
   chroot_checks
   mode="empty-root fallback (no Docker engine)"
 fi
