@@ -1,0 +1,783 @@
+//! The invariants each fuzz target asserts: one public function per target, taking the raw input,
+//! panicking when an invariant fails. "No panic" is never the whole check.
+//!
+//! One file, included with `#[path]` by the cargo-fuzz targets (`fuzz/fuzz_targets/*.rs`, nightly
+//! and libFuzzer) and by the corpus replay (`tests/corpus/main.rs`, stable `cargo test`), so both
+//! run exactly the same checks, and the server crate carries no fuzz-only code.
+//!
+//! Inputs are read as the server reads them: raw bytes for the parsers, and for the functions that
+//! take structured values (proxy headers, environment variables) a small documented decoding of
+//! the bytes, so that libFuzzer's byte mutations stay meaningful.
+
+#![allow(dead_code)] // Each fuzz target uses one of these functions, the replay all of them.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zayzoon::config::{Config, MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_HEADERS, MAX_PENDING_OUTPUT, parse_cidr_list};
+use zayzoon::conn::{AfterFlush, Ctx, Session, Settings};
+use zayzoon::http::{self, ChunkedDecoder, Fed, Framing, HttpError, Parse, Version};
+use zayzoon::limit::{Cidr, ClientKey, CounterId, Decision, Limiter, MemoryStore, Policy, Rate, Ticket};
+use zayzoon::proxy::{self, Scheme};
+use zayzoon::response::Renderer;
+
+// ---------------------------------------------------------------------------------------------
+// http_head: `http::parse_head`.
+
+/// What one parse gave, owned, so that parses of different buffers can be compared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Outcome {
+    Partial,
+    Error(HttpError),
+    Complete(HeadInfo),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct HeadInfo {
+    method: String,
+    target: String,
+    version: Version,
+    headers: Vec<(String, Vec<u8>)>,
+    len: usize,
+    host: Option<String>,
+    keep_alive: bool,
+    framing: Framing,
+    expect_continue: bool,
+}
+
+fn parse(buf: &[u8]) -> Outcome {
+    let mut headers = http::empty_headers();
+    match http::parse_head(buf, &mut headers) {
+        Ok(Parse::Partial) => Outcome::Partial,
+        Err(e) => Outcome::Error(e),
+        Ok(Parse::Complete(h)) => Outcome::Complete(HeadInfo {
+            method: h.method.to_owned(),
+            target: h.target.to_owned(),
+            version: h.version,
+            headers: h.headers.iter().map(|f| (f.name.to_owned(), f.value.to_vec())).collect(),
+            len: h.len,
+            host: h.host.map(str::to_owned),
+            keep_alive: h.keep_alive,
+            framing: h.framing,
+            expect_continue: h.expect_continue,
+        }),
+    }
+}
+
+/// `parse_head` is deterministic; an error is one of SPEC §2's statuses; a prefix of the input
+/// (what a server reading in pieces sees first) is either still `Partial` or already gives the
+/// answer for the whole input; a complete head is consistent with its fields (framing, Host,
+/// keep-alive) and, written back in canonical form, parses to the same request.
+pub fn http_head(data: &[u8]) {
+    let whole = parse(data);
+    assert_eq!(parse(data), whole, "same bytes, same result");
+    match &whole {
+        Outcome::Complete(h) => check_head(data, h),
+        Outcome::Error(e) => assert!(matches!(e.status(), 400 | 413 | 431 | 501 | 505), "{e:?}"),
+        Outcome::Partial => assert!(data.len() < MAX_HEAD_BYTES, "a full window is never Partial"),
+    }
+    for cut in cuts(hash(data), data.len(), 8) {
+        let first = parse(&data[..cut]);
+        assert!(first == Outcome::Partial || first == whole, "prefix {cut} gave {first:?}, the whole {whole:?}");
+    }
+}
+
+fn check_head(data: &[u8], h: &HeadInfo) {
+    assert!(h.len <= data.len() && h.len <= MAX_HEAD_BYTES, "consumed {} of {}", h.len, data.len());
+    assert!(data[..h.len].ends_with(b"\r\n\r\n"), "a head ends with its blank line");
+    assert!(h.headers.len() <= MAX_HEADERS);
+    assert_eq!(parse(&data[..h.len]), Outcome::Complete(h.clone()), "the head alone decides");
+    check_fields(h);
+    let canonical = write_back(h);
+    match parse(&canonical) {
+        Outcome::Complete(again) => {
+            assert_eq!(HeadInfo { len: h.len, ..again }, *h, "written back: {:?}", String::from_utf8_lossy(&canonical))
+        }
+        Outcome::Error(e) if canonical.len() > MAX_HEAD_BYTES => assert_eq!(e.status(), 431),
+        other => panic!("written back {:?}, parsed to {other:?}", String::from_utf8_lossy(&canonical)),
+    }
+}
+
+/// A plain reading of SPEC §2 over the fields, to compare with what `parse_head` decided.
+fn check_fields(h: &HeadInfo) {
+    let named = |name: &str| -> Vec<&(String, Vec<u8>)> {
+        h.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).collect()
+    };
+    let items = |v: &[u8]| -> Vec<Vec<u8>> {
+        v.split(|&b| b == b',').map(|i| i.trim_ascii().to_vec()).filter(|i| !i.is_empty()).collect()
+    };
+    let hosts = named("host");
+    match (h.version, hosts.len()) {
+        (Version::Http10, 0) => assert_eq!(h.host, None),
+        (_, 1) => assert_eq!(h.host.as_deref().map(str::as_bytes), Some(&hosts[0].1[..])),
+        other => panic!("accepted with {other:?} Host fields"),
+    }
+    if let Some(host) = &h.host {
+        assert!(http::valid_host(host.as_bytes()), "{host:?}");
+    }
+    let lengths: Vec<Vec<u8>> = named("content-length").into_iter().flat_map(|(_, v)| items(v)).collect();
+    let codings: Vec<Vec<u8>> = named("transfer-encoding").into_iter().flat_map(|(_, v)| items(v)).collect();
+    if !named("transfer-encoding").is_empty() {
+        assert_eq!(h.framing, Framing::Chunked, "Transfer-Encoding means chunked or an error");
+        assert!(lengths.is_empty() && h.version == Version::Http11);
+        assert_eq!(codings.len(), 1, "exactly one coding: {codings:?}");
+        assert!(codings[0].eq_ignore_ascii_case(b"chunked"));
+    } else if !lengths.is_empty() {
+        // Digits only (no sign, no space), all the same number (`07` is `7`: RFC 9112 §6.3 asks
+        // for identical decimal values), small enough to read.
+        let numbers: Vec<u64> = lengths
+            .iter()
+            .map(|l| {
+                assert!(l.iter().all(u8::is_ascii_digit), "Content-Length {l:?}");
+                std::str::from_utf8(l).unwrap().parse().expect("a length within the limit fits u64")
+            })
+            .collect();
+        let n = numbers[0];
+        assert!(numbers.iter().all(|&m| m == n), "differing lengths accepted: {lengths:?}");
+        let want = if n == 0 { Framing::None } else { Framing::Length(n) };
+        assert_eq!(h.framing, want);
+        assert!(n <= MAX_BODY_BYTES);
+    } else {
+        assert_eq!(h.framing, Framing::None);
+    }
+    let tokens: Vec<Vec<u8>> = named("connection").into_iter().flat_map(|(_, v)| items(v)).collect();
+    let has = |t: &[u8]| tokens.iter().any(|x| x.eq_ignore_ascii_case(t));
+    let keep_alive = !has(b"close") && (h.version == Version::Http11 || has(b"keep-alive"));
+    assert_eq!(h.keep_alive, keep_alive, "Connection: {tokens:?}");
+}
+
+/// The request in canonical form: single spaces, `name: value`, CRLF line ends.
+fn write_back(h: &HeadInfo) -> Vec<u8> {
+    let minor = if h.version == Version::Http10 { 0 } else { 1 };
+    let mut out = format!("{} {} HTTP/1.{minor}\r\n", h.method, h.target).into_bytes();
+    for (name, value) in &h.headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// chunked: `http::ChunkedDecoder::feed`.
+
+/// The first byte seeds the split points; the rest is a body. The decoder never consumes more than
+/// it is given, consumes everything until it is done, gives the same answer however the body is
+/// split (all at once, at random cuts, byte by byte), stays done, and never takes more than
+/// `MAX_BODY_BYTES`. Separately, a valid chunked encoding built from the input (chunk sizes from
+/// its bytes, hex case, extensions and trailers varied) is accepted exactly up to its end.
+pub fn chunked(data: &[u8]) {
+    let Some((&seed, body)) = data.split_first() else { return };
+    let whole = decode(body, &[]);
+    let split = decode(body, &cuts(u64::from(seed) ^ hash(body), body.len(), 16));
+    let bytes: Vec<usize> = (1..body.len()).collect();
+    assert_eq!(split, whole, "random cuts");
+    assert_eq!(decode(body, &bytes), whole, "byte by byte");
+    let encoded = encode_chunked(data);
+    let mut input = encoded.clone();
+    input.extend_from_slice(b"GET / HTTP/1.1\r\n");
+    let fed = decode(&input, &cuts(hash(&input), input.len(), 8));
+    if encoded.len() as u64 <= MAX_BODY_BYTES {
+        assert_eq!(fed, Ok((true, encoded.len())), "{:?}", String::from_utf8_lossy(&encoded));
+    } else {
+        assert_eq!(fed, Err(HttpError::BodyTooLarge));
+    }
+}
+
+/// Feeds `body` in the pieces `cuts` make: whether the body ended, and the bytes it took.
+fn decode(body: &[u8], cuts: &[usize]) -> Result<(bool, usize), HttpError> {
+    let mut d = ChunkedDecoder::default();
+    let mut taken = 0;
+    let mut start = 0;
+    for &end in cuts.iter().chain(std::iter::once(&body.len())) {
+        let piece = &body[start..end];
+        match d.feed(piece) {
+            Ok(Fed { consumed, done }) => {
+                assert!(consumed <= piece.len(), "consumed {consumed} of {}", piece.len());
+                taken += consumed;
+                assert!(taken as u64 <= MAX_BODY_BYTES);
+                if done {
+                    let after = d.feed(&body[start + consumed..]);
+                    assert_eq!(after, Ok(Fed { consumed: 0, done: true }), "done stays done");
+                    return Ok((true, taken));
+                }
+                assert_eq!(consumed, piece.len(), "until done, every byte is body");
+            }
+            Err(e) => {
+                assert!(matches!(e, HttpError::BadRequest(_) | HttpError::BodyTooLarge), "{e:?}");
+                return Err(e);
+            }
+        }
+        start = end;
+    }
+    Ok((false, taken))
+}
+
+/// A valid chunked body from arbitrary bytes: each byte `n` starts a chunk of the next `n % 32`
+/// bytes (ending the body at a zero), written with the byte's bits choosing upper-case hex, a
+/// leading zero and an extension; the last byte's bits choose a trailer field.
+fn encode_chunked(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while let Some((&n, tail)) = rest.split_first() {
+        let size = usize::from(n % 32).min(tail.len());
+        if size == 0 {
+            break;
+        }
+        let hex = if n & 0x20 != 0 { format!("{size:X}") } else { format!("{size:x}") };
+        let zero = if n & 0x40 != 0 { "0" } else { "" };
+        let ext = if n & 0x80 != 0 { ";name=\"v a\"" } else { "" };
+        out.extend_from_slice(format!("{zero}{hex}{ext}\r\n").as_bytes());
+        out.extend_from_slice(&tail[..size]);
+        out.extend_from_slice(b"\r\n");
+        rest = &tail[size..];
+    }
+    out.extend_from_slice(b"0\r\n");
+    if data.last().is_some_and(|b| b & 1 != 0) {
+        out.extend_from_slice(b"X-Trailer: yes\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// conn_bytes: `conn::Session`, the whole per-connection state machine, without sockets.
+
+/// The worker side of a session: what `server.rs` gives it, minus the socket.
+struct World {
+    settings: Settings,
+    limiter: Limiter,
+    renderer: Renderer,
+    now: Instant,
+    draining: bool,
+}
+
+/// A fixed wall clock, so that two runs render byte-identical `Date` headers and pages.
+const WALL_MS: i64 = 1_700_000_000_000;
+
+impl World {
+    /// `flags` bits: 0 limiting on (2/minute per endpoint, 5/minute in all); 1 the peer is exempt;
+    /// 2–3 trusted hops; 4 `PUBLIC_HOST`; 5 draining.
+    fn new(flags: u8) -> World {
+        let policy = Policy {
+            enabled: flags & 1 != 0,
+            default: Rate::per_minute(5),
+            endpoint: Rate::per_minute(2),
+            exempt: if flags & 2 != 0 { vec![Cidr::parse("192.0.2.0/24").unwrap()] } else { vec![] },
+        };
+        World {
+            settings: Settings {
+                trusted_proxy_hops: usize::from(flags >> 2 & 3),
+                public_host: (flags & 16 != 0).then(|| "example.com".to_owned()),
+                header_timeout: Duration::from_secs(10),
+                keepalive_timeout: Duration::from_secs(75),
+                access_log: false,
+            },
+            limiter: Limiter::new(Arc::new(policy), Arc::new(MemoryStore::with_capacity(64)), None),
+            renderer: Renderer::new(WALL_MS),
+            now: Instant::now(),
+            draining: flags & 32 != 0,
+        }
+    }
+
+    fn ctx(&mut self) -> Ctx<'_> {
+        Ctx {
+            now: self.now,
+            wall_ms: WALL_MS,
+            settings: &self.settings,
+            limiter: &mut self.limiter,
+            renderer: &self.renderer,
+            draining: self.draining,
+        }
+    }
+}
+
+/// Most bytes one response takes (the status page with every header is about 2.5 KiB).
+const MAX_RESPONSE: usize = 4096;
+
+/// Input: a flags byte (see `World::new`; bit 6 ends the input with EOF rather than a timeout,
+/// bit 7 makes the peer IPv6), a seed byte for split points and reading pace, then the bytes a
+/// client sends. The same bytes must get the same responses whether they arrive at once, in random
+/// pieces, or to a client that reads its responses a few bytes at a time while it keeps sending
+/// (backpressure must delay responses, never change them). Pending output never passes the cap
+/// by more than one response, and what comes out is a well-formed sequence of responses, each with
+/// SPEC §2's headers, nothing after a `Connection: close`.
+pub fn conn_bytes(data: &[u8]) {
+    let [flags, seed, input @ ..] = data else { return };
+    let whole = converse(*flags, input, &[], None);
+    let pieces = cuts(u64::from(*seed) ^ hash(input), input.len(), 12);
+    same_output(&converse(*flags, input, &pieces, None), &whole, &format!("split at {pieces:?}"));
+    let pace = 64 + usize::from(*seed) * 61;
+    let slow = converse(*flags, input, &pieces, Some((pace, u64::from(*seed))));
+    same_output(&slow, &whole, &format!("read {pace} bytes at a time, split at {pieces:?}"));
+    check_responses(&whole);
+}
+
+fn same_output(got: &[u8], want: &[u8], how: &str) {
+    if got != want {
+        let (got, want) = (String::from_utf8_lossy(got), String::from_utf8_lossy(want));
+        panic!("{how}: different responses.\n--- all at once:\n{want}\n--- {how}:\n{got}");
+    }
+}
+
+/// Runs one connection the way `Conn::drive` does, with a client that sends `input` cut at `cuts`
+/// and reads everything at once (`slow` = None) or `slow.0` bytes at a time, interleaved with its
+/// sending by the seed `slow.1`. Ends with EOF or, when the client neither closes nor sends more,
+/// with the header and keep-alive timeouts passing. Returns every byte the client received.
+fn converse(flags: u8, input: &[u8], cuts: &[usize], slow: Option<(usize, u64)>) -> Vec<u8> {
+    let mut w = World::new(flags);
+    let peer: IpAddr = if flags & 128 != 0 { "2001:db8::1".parse().unwrap() } else { "192.0.2.1".parse().unwrap() };
+    let mut s = Session::new(peer, Ticket { slot: 0, serial: 1 }, &w.ctx());
+    let ends: Vec<usize> = cuts.iter().copied().chain([input.len()]).collect();
+    let mut pieces = ends.iter().scan(0, |start, &end| {
+        let piece = &input[*start..end];
+        *start = end;
+        Some(piece)
+    });
+    let mut out = Vec::new();
+    let mut rng = slow.map_or(0, |(_, seed)| seed);
+    let mut eof = flags & 64 == 0; // Not ending with EOF: treat as already sent.
+    let mut ticks = 0;
+    // Bounded: every step writes, reads or ends, and there are finitely many bytes either way.
+    for step in 0.. {
+        assert!(step < 1_000_000, "the conversation does not end");
+        let pending = s.pending_output().len();
+        assert!(pending <= MAX_PENDING_OUTPUT + MAX_RESPONSE, "pending output {pending}");
+        rng = splitmix(rng);
+        let reader_turn = slow.is_none() || rng & 1 == 0 || !s.wants_read();
+        if pending > 0 && reader_turn {
+            let n = slow.map_or(pending, |(pace, _)| pace.min(pending));
+            out.extend_from_slice(&s.pending_output()[..n]);
+            s.wrote(n, &w.ctx());
+            s.resume(&mut w.ctx());
+            continue;
+        }
+        if pending == 0 && s.after_flush(&w.ctx()) == AfterFlush::Close {
+            break;
+        }
+        if s.wants_read() {
+            if let Some(piece) = pieces.next() {
+                s.receive(piece, &mut w.ctx());
+                continue;
+            }
+            if !eof {
+                eof = true;
+                s.on_eof();
+                continue;
+            }
+        }
+        if pending > 0 {
+            continue; // The client is still sending and reading; the server waits to write.
+        }
+        if s.is_closed() || ticks == 2 {
+            break;
+        }
+        // Nothing to read or write: let the deadlines pass (a 408 for a partial request).
+        ticks += 1;
+        w.now += Duration::from_secs(if ticks == 1 { 10 } else { 75 });
+        s.on_tick(&mut w.ctx());
+    }
+    assert!(s.pending_output().is_empty() || s.is_closed(), "the loop ended with output left");
+    out
+}
+
+/// The headers SPEC §2 puts on every response.
+const EVERY_RESPONSE: &[&str] = &[
+    "content-security-policy",
+    "strict-transport-security",
+    "x-content-type-options",
+    "x-frame-options",
+    "x-xss-protection",
+    "referrer-policy",
+    "cross-origin-opener-policy",
+    "cross-origin-resource-policy",
+    "cache-control",
+    "date",
+    "content-length",
+    "content-type",
+];
+
+/// Parses `out` as a sequence of responses and checks each.
+fn check_responses(out: &[u8]) {
+    let mut rest = out;
+    let mut closed = false;
+    while !rest.is_empty() {
+        assert!(!closed, "a response after Connection: close");
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        let len = match resp.parse(rest) {
+            Ok(httparse::Status::Complete(len)) => len,
+            other => panic!("not a response: {other:?} at {:?}", String::from_utf8_lossy(rest)),
+        };
+        assert_eq!(resp.version, Some(1));
+        let status = resp.code.unwrap();
+        let value = |name: &str| {
+            let mut v = resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name));
+            let first = v.next().map(|h| std::str::from_utf8(h.value).unwrap());
+            assert!(v.next().is_none(), "{name} repeated");
+            first
+        };
+        for name in EVERY_RESPONSE {
+            assert!(value(name).is_some(), "{status} without {name}");
+        }
+        assert!(value("server").is_none());
+        if let Some(location) = value("location") {
+            assert!(matches!(status, 301 | 308) && location.starts_with("https://"), "{status} {location}");
+        }
+        let length: usize = value("content-length").unwrap().parse().unwrap();
+        // A HEAD response has the GET length and no body: the next response follows at once.
+        let body = if rest[len..].is_empty() || rest[len..].starts_with(b"HTTP/1.1 ") { 0 } else { length };
+        assert!(rest.len() >= len + body, "body cut short");
+        if status >= 400 && body > 0 {
+            assert_eq!(value("content-type"), Some("application/json"));
+            assert!(rest[len..].starts_with(b"{\"error\":\""), "{status} body");
+        }
+        closed = value("connection") == Some("close");
+        if matches!(status, 400 | 408 | 413 | 431 | 501 | 505) {
+            assert!(closed, "{status} must close");
+        }
+        rest = &rest[len + body..];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// proxy_headers: `proxy::resolve` and the client key.
+
+/// Input: a byte for the trusted hops (0–3, or 32), a byte choosing the peer's family, the peer's
+/// address bytes, then header lines split at `\n`, each starting with a byte that picks its name
+/// (`X-Forwarded-For` or `-Proto` in various cases, or a name from the line up to `:`). The
+/// client is always the peer or one of the offered `X-Forwarded-For` addresses (exactly the one
+/// ProxyFix picks, by a plain left-to-right reading), never an IPv4-mapped address; the scheme is
+/// only ever what the rightmost `X-Forwarded-Proto` entry says; and the client key is the same
+/// for an address in any of its spellings.
+pub fn proxy_headers(data: &[u8]) {
+    let [hops, family, rest @ ..] = data else { return };
+    let hops = if hops % 8 == 7 { 32 } else { usize::from(hops % 4) };
+    let (peer, rest): (IpAddr, &[u8]) = if family & 1 == 0 {
+        let Some((a, rest)) = rest.split_first_chunk::<4>() else { return };
+        (Ipv4Addr::from(*a).into(), rest)
+    } else {
+        let Some((a, rest)) = rest.split_first_chunk::<16>() else { return };
+        let v6 = Ipv6Addr::from(*a);
+        // Often a mapped IPv4 peer, as a dual-stack socket reports one.
+        let [.., a, b, c, d] = v6.octets();
+        let peer = if family & 2 != 0 { Ipv4Addr::new(a, b, c, d).to_ipv6_mapped() } else { v6 };
+        (peer.into(), rest)
+    };
+    let owned: Vec<(String, &[u8])> = rest.split(|&b| b == b'\n').filter_map(header_line).collect();
+    let headers: Vec<httparse::Header<'_>> =
+        owned.iter().map(|(name, value)| httparse::Header { name, value }).collect();
+    let got = proxy::resolve(peer, hops, &headers);
+    assert_eq!(proxy::resolve(peer, hops, &headers), got, "deterministic");
+
+    let fields = |name: &str| -> Vec<&[u8]> {
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .collect()
+    };
+    let parse_ip = |e: &[u8]| std::str::from_utf8(e).ok()?.parse::<IpAddr>().ok();
+    let xff = fields("x-forwarded-for");
+    let offered: Vec<IpAddr> = xff.iter().filter_map(|e| parse_ip(e)).map(|ip| ip.to_canonical()).collect();
+    assert!(got.client == peer.to_canonical() || offered.contains(&got.client), "{got:?} not offered");
+    assert!(matches!(got.client, IpAddr::V4(_)) || got.client.to_canonical() == got.client, "mapped client");
+    let want_client = match hops {
+        0 => None,
+        n if xff.len() >= n => parse_ip(xff[xff.len() - n]),
+        _ => None,
+    };
+    assert_eq!(got.client, want_client.unwrap_or(peer).to_canonical(), "hops {hops}, entries {xff:?}");
+    let proto = fields("x-forwarded-proto");
+    let want_scheme = match proto.last() {
+        _ if hops == 0 => None,
+        Some(p) if p.eq_ignore_ascii_case(b"http") => Some(Scheme::Http),
+        Some(p) if p.eq_ignore_ascii_case(b"https") => Some(Scheme::Https),
+        _ => None,
+    };
+    assert_eq!(got.scheme, want_scheme, "protos {proto:?}");
+
+    // The key: an IPv4 address and its mapped form are one client; an IPv6 client is its /64.
+    let key = ClientKey::of(got.client);
+    assert_eq!(ClientKey::of(peer), ClientKey::of(peer.to_canonical()));
+    let shown = key.to_string();
+    let back: IpAddr = shown.trim_end_matches("/64").parse().expect("a key displays as an address");
+    assert_eq!(ClientKey::of(back), key, "{shown}");
+    if let (ClientKey::V6Prefix(_), IpAddr::V6(v6)) = (key, got.client) {
+        let sibling = IpAddr::V6(Ipv6Addr::from(u128::from(v6) ^ u128::from(u64::MAX)));
+        // (Unless the flip made an IPv4-mapped address, in ::/64: that one is an IPv4 client.)
+        if sibling.to_canonical() == sibling {
+            assert_eq!(ClientKey::of(sibling), key, "the same /64");
+        }
+    }
+}
+
+fn header_line(line: &[u8]) -> Option<(String, &[u8])> {
+    let (&pick, rest) = line.split_first()?;
+    let name = match pick % 8 {
+        0 | 1 => "X-Forwarded-For",
+        2 => "x-forwarded-for",
+        3 | 4 => "X-Forwarded-Proto",
+        5 => "X-FORWARDED-PROTO",
+        _ => {
+            let colon = rest.iter().position(|&b| b == b':')?;
+            let name = std::str::from_utf8(&rest[..colon]).ok()?;
+            return Some((name.to_owned(), &rest[colon + 1..]));
+        }
+    };
+    Some((name.to_owned(), rest))
+}
+
+// ---------------------------------------------------------------------------------------------
+// host: `http::valid_host`, `http::host_without_port`, `http::split_target`,
+// `healthcheck::parse_url`.
+
+/// A valid `Host` holds only bytes that are safe in a `Location` (letters, digits, `.-:[]`), its
+/// port-less form is a valid prefix of it followed by nothing or `:port`, a redirect built from it
+/// names exactly that host, and a request carrying it parses with it. `split_target` gives parts
+/// that put together make the target again. A URL `parse_url` accepts is made of its parts, and
+/// the request the health check sends for it parses with our own parser.
+pub fn host(data: &[u8]) {
+    if http::valid_host(data) {
+        assert!(data.iter().all(|&b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)), "{data:?}");
+        let s = std::str::from_utf8(data).unwrap();
+        let name = http::host_without_port(s);
+        assert!(http::valid_host(name.as_bytes()), "{name:?} of {s:?}");
+        let port = &s[name.len()..];
+        assert!(port.is_empty() || port[1..].parse::<u16>().is_ok() && port.starts_with(':'), "{s:?}");
+        let location = format!("https://{name}/p?q");
+        let t = http::split_target(&location);
+        assert_eq!((t.authority, t.path, t.query), (Some(name), "/p", Some("q")));
+        match parse(format!("GET / HTTP/1.1\r\nHost: {s}\r\n\r\n").as_bytes()) {
+            Outcome::Complete(h) => assert_eq!(h.host.as_deref(), Some(s)),
+            other => panic!("Host {s:?}: {other:?}"),
+        }
+    }
+    let Ok(s) = std::str::from_utf8(data) else { return };
+    check_split_target(s);
+    if let Ok(url) = zayzoon::healthcheck::parse_url(s) {
+        assert!(http::valid_host(url.authority.as_bytes()));
+        assert!(url.path.starts_with('/'));
+        let rebuilt = format!("http://{}{}", url.authority, url.path);
+        assert!(rebuilt == s || (url.path == "/" && s == format!("http://{}", url.authority)), "{s:?}");
+        let port = &url.authority[http::host_without_port(url.authority).len()..];
+        assert_eq!(url.port, port.strip_prefix(':').map_or(80, |p| p.parse().unwrap()), "{s:?}");
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: zayzoon-healthcheck\r\nConnection: close\r\n\r\n",
+            url.path, url.authority
+        );
+        match parse(request.as_bytes()) {
+            Outcome::Complete(h) => assert_eq!((h.target.as_str(), h.host.as_deref()), (url.path, Some(url.authority))),
+            Outcome::Error(e) if request.len() > MAX_HEAD_BYTES => assert_eq!(e.status(), 431),
+            other => panic!("the health check's own request for {s:?}: {other:?}"),
+        }
+    }
+}
+
+fn check_split_target(s: &str) {
+    let t = http::split_target(s);
+    let query = t.query.map(|q| format!("?{q}")).unwrap_or_default();
+    match t.authority {
+        None => assert_eq!(format!("{}{query}", t.path), s),
+        Some(a) => {
+            assert!(!a.contains(['/', '?', '#']), "{a:?}");
+            let is = |scheme: &str| s.get(..scheme.len()).is_some_and(|p| p.eq_ignore_ascii_case(scheme));
+            let scheme = if is("http://") {
+                7
+            } else if is("https://") {
+                8
+            } else {
+                panic!("{s:?}: no scheme")
+            };
+            let rest = &s[scheme + a.len()..];
+            assert!(rest == format!("{}{query}", t.path) || (t.path == "/" && rest == query), "{s:?} → {t:?}");
+            assert!(!t.path.is_empty());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// config_env: `Config::from_lookup`, `Rate::parse`, `Cidr::parse`, `parse_cidr_list`.
+
+const VARS: &[&str] = &[
+    "PORT",
+    "BIND_ADDR",
+    "REDIS_URL",
+    "REDIS_CONNECT_RETRIES",
+    "REDIS_TIMEOUT_MS",
+    "RATE_LIMIT_DEFAULT",
+    "RATE_LIMIT_ENDPOINT",
+    "RATE_LIMIT_ENABLED",
+    "RATE_LIMIT_EXEMPT",
+    "TRUSTED_PROXY_HOPS",
+    "PUBLIC_HOST",
+    "WORKERS",
+    "MAX_CONNECTIONS",
+    "KEEPALIVE_TIMEOUT_S",
+    "HEADER_TIMEOUT_S",
+    "SHUTDOWN_GRACE_S",
+    "LOG_LEVEL",
+    "ACCESS_LOG",
+];
+
+/// Input: NUL-separated entries, each a byte naming the variable (`VARS[b % 18]`, later entries
+/// win) and its value (lossy UTF-8, as `Config::from_env` reads it). Every value also goes through
+/// the rate and CIDR parsers. A config error names a variable that was set, with the value it had,
+/// and prints on one line; an accepted config holds what the variables said, and its startup
+/// summary is one line with any Redis password replaced by `***`. A parsed rate or CIDR prints in
+/// a form that parses back to the same value.
+pub fn config_env(data: &[u8]) {
+    let mut env: Vec<(&str, String)> = Vec::new();
+    for entry in data.split(|&b| b == 0) {
+        let Some((&pick, value)) = entry.split_first() else { continue };
+        let name = VARS[usize::from(pick) % VARS.len()];
+        env.retain(|(n, _)| *n != name);
+        env.push((name, String::from_utf8_lossy(value).into_owned()));
+    }
+    for (_, value) in &env {
+        check_rate(value);
+        check_cidrs(value);
+    }
+    let lookup = |name: &str| env.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+    match Config::from_lookup(lookup) {
+        Err(e) => {
+            assert_eq!(lookup(e.var).as_deref(), Some(e.value.as_str()), "{e}");
+            assert!(!e.value.trim().is_empty(), "a blank value is the default, not an error");
+            assert!(!e.to_string().contains(char::is_control), "{e:?}");
+        }
+        Ok(c) => {
+            let set = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+            if let Some(v) = set("RATE_LIMIT_DEFAULT") {
+                assert_eq!(Some(c.rate_limit_default), Rate::parse(v.trim()));
+            }
+            if let Some(v) = set("RATE_LIMIT_ENDPOINT") {
+                assert_eq!(Some(c.rate_limit_endpoint), Rate::parse(v.trim()));
+            }
+            if let Some(v) = set("RATE_LIMIT_EXEMPT") {
+                assert_eq!(Some(c.rate_limit_exempt.clone()), parse_cidr_list(v.trim()));
+            }
+            assert!(c.trusted_proxy_hops <= 32 && c.workers >= 1 && c.max_connections >= 1);
+            let summary = c.summary();
+            assert!(!summary.contains(char::is_control), "{summary:?}");
+            if let Some(url) = &c.redis_url {
+                let shown = url.redacted();
+                let authority = shown["redis://".len()..].split('/').next().unwrap();
+                if let Some((userinfo, _)) = authority.rsplit_once('@') {
+                    assert!(userinfo.ends_with("***"), "{shown}");
+                }
+                assert!(summary.contains(&format!("store={shown} ")), "{summary}");
+            }
+        }
+    }
+}
+
+fn check_rate(v: &str) {
+    let Some(r) = Rate::parse(v) else { return };
+    assert!((1..=1_000_000_000).contains(&r.limit), "{v:?}");
+    let unit = match r.period_secs {
+        1 => "second",
+        60 => "minute",
+        3_600 => "hour",
+        86_400 => "day",
+        other => panic!("period {other} from {v:?}"),
+    };
+    assert_eq!(Rate::parse(&format!("{}/{unit}", r.limit)), Some(r));
+    assert_eq!(Rate::parse(&format!("{} per {unit}s", r.limit)), Some(r));
+    assert_eq!(Rate::parse(&format!(" {v}\t")), Some(r), "surrounding space is ignored");
+    assert_eq!(r.to_string(), format!("{} per 1 {unit}", r.limit));
+}
+
+fn check_cidrs(v: &str) {
+    if let Some(c) = Cidr::parse(v) {
+        let shown = c.to_string();
+        assert_eq!(Cidr::parse(&shown), Some(c), "{v:?} → {shown}");
+        let addr: IpAddr = shown.split('/').next().unwrap().parse().unwrap();
+        assert!(c.contains(addr), "{shown} contains its own address");
+        if let IpAddr::V4(v4) = addr {
+            assert!(c.contains(v4.to_ipv6_mapped().into()), "{shown}: mapped form");
+        }
+    }
+    if let Some(list) = parse_cidr_list(v) {
+        let entries: Vec<&str> = v.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+        assert_eq!(list.len(), entries.len());
+        for (c, e) in list.iter().zip(entries) {
+            assert_eq!(Cidr::parse(e), Some(*c));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// redis_reply: `limit::redis::parse_reply`, on what the `redis` crate makes of a Redis reply.
+
+/// Input: a byte for the number of counters the request touched (0–3), then the bytes of a reply
+/// as a Redis server sends them (RESP2 or RESP3), parsed by the `redis` crate as the limiter
+/// thread's connection does. `parse_reply` accepts exactly `n` ≤ 2 pairs of integers, each a count
+/// ≥ 1 and a TTL ≥ 0, and returns them in order; anything else is an error whose text (which goes
+/// to the log) is short. The decision made from accepted states is consistent with them.
+pub fn redis_reply(data: &[u8]) {
+    let [n, resp @ ..] = data else { return };
+    let n = usize::from(n % 4);
+    let Ok(value) = redis::parse_redis_value(resp) else { return };
+    match zayzoon::limit::redis::parse_reply(&value, n) {
+        Ok(states) => {
+            let redis::Value::Array(items) = &value else { panic!("accepted {value:?}") };
+            assert!(n <= 2 && items.len() == 2 * n, "{n} counters, {value:?}");
+            for (state, pair) in states.iter().zip(items.chunks(2)) {
+                let [redis::Value::Int(count), redis::Value::Int(ttl)] = pair else { panic!("accepted {pair:?}") };
+                assert!(*count >= 1 && *ttl >= 0, "{pair:?}");
+                assert_eq!((state.count, state.ttl_ms), (*count as u64, *ttl as u64));
+            }
+            let rate = Rate::per_minute(10);
+            let counters = [(CounterId::Global, rate), (CounterId::Status, rate)];
+            match Decision::from_states(&counters[..n], &states[..n]) {
+                Decision::Unlimited => assert_eq!(n, 0),
+                Decision::Limited { allowed, remaining, reset_secs, .. } => {
+                    assert_eq!(allowed, states[..n].iter().all(|s| s.count <= 10));
+                    assert!(remaining <= 10 && reset_secs >= 1);
+                    assert!(allowed || remaining == 0, "refused with {remaining} remaining");
+                }
+            }
+        }
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.chars().count() <= 160, "{text}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+/// Up to `n` distinct cut points in `1..len`, sorted, from `seed`: the same input always splits
+/// the same way, so a failure replays.
+fn cuts(seed: u64, len: usize, n: usize) -> Vec<usize> {
+    if len < 2 {
+        return Vec::new();
+    }
+    let mut x = seed;
+    let mut v: Vec<usize> = (0..n)
+        .map(|_| {
+            x = splitmix(x);
+            1 + (x % (len as u64 - 1)) as usize
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// FNV-1a.
+fn hash(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
