@@ -7,6 +7,9 @@
 #   4. the image's own HEALTHCHECK turns the container healthy (and `zayzoon healthcheck` can fail)
 #   5. `docker stop` ends it with exit 0 well inside its timeout, with an idle keep-alive client
 #      connected: PID 1 handles SIGTERM and drains
+#   6. the sidecar setup of infra/cloudformation.yaml: the image, read-only, with REDIS_URL at a
+#      redis-server started with the sidecar's own Command, counts in Redis (every key with a TTL)
+#      and answers 429 past RATE_LIMIT_ENDPOINT
 #
 # The Dockerfile's Rust builder stage can't run here (no image can be pulled), so the binary is
 # built on the host with the builder's command, and the image is built from the Dockerfile's own
@@ -64,6 +67,7 @@ image=""
 ctx_container=""
 ctx_image=""
 chroot_pid=""
+redis_pid=""
 
 cleanup() {
   set +e
@@ -71,10 +75,11 @@ cleanup() {
   if [ -n "$image" ]; then docker rmi -f "$image" > /dev/null 2>&1; fi
   if [ -n "$ctx_container" ]; then docker rm -f "$ctx_container" > /dev/null 2>&1; fi
   if [ -n "$ctx_image" ]; then docker rmi -f "$ctx_image" > /dev/null 2>&1; fi
-  if [ -n "$chroot_pid" ] && kill -0 "$chroot_pid" 2> /dev/null; then
-    kill -KILL "$chroot_pid" 2> /dev/null
-    wait "$chroot_pid" 2> /dev/null
+  if [ -n "$redis_pid" ]; then
+    kill -TERM "$redis_pid" 2> /dev/null
+    wait "$redis_pid" 2> /dev/null
   fi
+  if [ -n "$chroot_pid" ]; then kill_ns "$chroot_pid"; fi
   if [ -n "$dockerd_pid" ]; then
     kill -TERM "$dockerd_pid" 2> /dev/null
     for _ in $(seq 1 100); do kill -0 "$dockerd_pid" 2> /dev/null || break; sleep 0.2; done
@@ -225,6 +230,71 @@ wait_listening() {
   done
 }
 
+# ---- 6. the Redis sidecar, as the stack runs it ----------------------------------------------------
+# redis-server with the arguments of the sidecar's Command in infra/cloudformation.yaml (the stack
+# that ships is the stack tested), on a free loopback port instead of 6379.
+start_sidecar_redis() {
+  command -v redis-server > /dev/null || apt_install redis-server
+  local args=() item in_cmd=0
+  while IFS= read -r line; do
+    if [ "$in_cmd" = 0 ]; then
+      case "$line" in *"- Name: redis"*) in_cmd=1 ;; esac
+      continue
+    fi
+    case "$line" in
+      *"Command:"*) in_cmd=2; continue ;;
+    esac
+    [ "$in_cmd" = 2 ] || continue
+    case "$line" in
+      *"- "*)
+        item="${line#*- }"
+        item="${item%\"}"; item="${item#\"}"
+        args+=("$item") ;;
+      *) break ;;
+    esac
+  done < infra/cloudformation.yaml
+  [ "${#args[@]}" -gt 1 ] && [ "${args[0]}" = redis-server ] || die "no redis-server Command in the template's sidecar"
+  sidecar_args="$(printf '%q ' "${args[@]:1}")"
+  sidecar_args="${sidecar_args% }"
+  redis_port=$((20000 + RANDOM % 40000))
+  while ! port_free "$redis_port" || [ "$redis_port" = "$port" ]; do redis_port=$((20000 + RANDOM % 40000)); done
+  redis-server "${args[@]:1}" --port "$redis_port" --dir "$work" > "$work/redis.log" 2>&1 &
+  redis_pid=$!
+  for _ in $(seq 1 50); do
+    redis-cli -p "$redis_port" ping 2> /dev/null | grep -q PONG && return 0
+    sleep 0.1
+  done
+  die "redis-server did not start: $(tail -n 3 "$work/redis.log")"
+}
+
+# After the server (started with REDIS_URL) printed its first line: 10 GETs of /health pass, the
+# 11th is over RATE_LIMIT_ENDPOINT (10/minute), and the counters sit in Redis, each with a TTL.
+check_sidecar_counts() {
+  local log_cmd=("$@") statuses="" key ttl keys=0 no_ttl=0
+  if "${log_cmd[@]}" 2>&1 | head -n 1 | grep -q "store=redis://127.0.0.1:$redis_port"; then
+    pass "with REDIS_URL=redis://127.0.0.1:$redis_port the server says store=redis (sidecar: $sidecar_args)"
+  else
+    fail "the server did not take REDIS_URL: $("${log_cmd[@]}" 2>&1 | head -n 1 | cut -c1-200)"
+  fi
+  for _ in $(seq 1 11); do statuses+="$(http_status /health) "; done
+  if [ "$statuses" = "200 200 200 200 200 200 200 200 200 200 429 " ]; then
+    pass "11 GETs of /health through Redis: ten 200s, then 429"
+  else
+    fail "11 GETs of /health through Redis: $statuses"
+  fi
+  while IFS= read -r key; do
+    [ -n "$key" ] || continue
+    keys=$((keys + 1))
+    ttl="$(redis-cli -p "$redis_port" ttl "$key")"
+    [ "$ttl" -gt 0 ] || no_ttl=$((no_ttl + 1))
+  done < <(redis-cli -p "$redis_port" --scan)
+  if [ "$keys" -gt 0 ] && [ "$no_ttl" = 0 ]; then
+    pass "counters in Redis: $keys keys, every one with a TTL"
+  else
+    fail "counters in Redis: $keys keys, $no_ttl without a TTL"
+  fi
+}
+
 # ---- 2-5 in Docker -----------------------------------------------------------------------------------
 docker_checks() {
   image="zayzoon-scratch-check:$$"
@@ -308,6 +378,29 @@ docker_checks() {
   fi
   log "container log"
   docker logs "$container" 2>&1 | tail -n 8 | sed 's/^/    /'
+
+  # 6. The same image beside a Redis started as the stack's sidecar.
+  start_sidecar_redis
+  docker rm -f "$container" > /dev/null
+  docker run -d --name "$container" --read-only --network host -e PORT="$port" \
+    -e BIND_ADDR=127.0.0.1 -e REDIS_URL="redis://127.0.0.1:$redis_port" "$image" > /dev/null
+  if wait_listening docker logs "$container"; then
+    check_sidecar_counts docker logs "$container"
+  else
+    fail "with REDIS_URL: no 'listening on' line within ${LISTEN_WITHIN_S} s"
+    docker logs "$container" 2>&1 | tail -n 5 | sed 's/^/    /'
+  fi
+  docker rm -f "$container" > /dev/null
+}
+
+# The PID 1 of the namespace that `unshare --fork` ($chroot_pid) made. Kill that one, not unshare:
+# chroot --userspec changes credentials, which clears --kill-child's parent-death signal.
+ns_init() { local c; c="$(cat "/proc/$1/task/$1/children" 2> /dev/null)"; printf '%s' "${c%% *}"; }
+kill_ns() {
+  local init; init="$(ns_init "$1")"
+  if [ -n "$init" ]; then kill -KILL "$init" 2> /dev/null; fi
+  kill -KILL "$1" 2> /dev/null
+  wait "$1" 2> /dev/null || true
 }
 
 # ---- 2-5 in an empty root, when no engine runs --------------------------------------------------------
@@ -354,8 +447,7 @@ chroot_checks() {
   status="$(http_status /status 1)"
   [ "$status" = 200 ] || fail "GET /status (keep-alive) -> '$status'"
   local init start
-  init="$(cat "/proc/$chroot_pid/task/$chroot_pid/children")"
-  init="${init%% *}"
+  init="$(ns_init "$chroot_pid")"
   start="$(now)"
   kill -TERM "$init"
   for _ in $(seq 1 $((STOP_TIMEOUT_S * 10))); do kill -0 "$init" 2> /dev/null || break; sleep 0.1; done
@@ -376,6 +468,24 @@ chroot_checks() {
   fi
   log "server log"
   tail -n 8 "$out" | sed 's/^/    /'
+
+  # 6. The same binary beside a Redis started as the stack's sidecar.
+  start_sidecar_redis
+  out="$work/server-redis.log"
+  # shellcheck disable=SC2016 # $1..$4 belong to the inner sh
+  unshare --pid --mount --fork --kill-child sh -c '
+      mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" &&
+      exec env -i PORT="$2" BIND_ADDR=127.0.0.1 REDIS_URL="$4" "$3" --userspec=65534:65534 "$1" /zayzoon serve
+    ' sh "$root" "$port" "$chroot_bin" "redis://127.0.0.1:$redis_port" > "$out" 2>&1 &
+  chroot_pid=$!
+  if wait_listening cat "$out"; then
+    check_sidecar_counts cat "$out"
+  else
+    fail "with REDIS_URL: no 'listening on' line within ${LISTEN_WITHIN_S} s"
+    tail -n 5 "$out" | sed 's/^/    /'
+  fi
+  kill_ns "$chroot_pid"
+  chroot_pid=""
 }
 
 image_bytes=""
