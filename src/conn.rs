@@ -441,7 +441,7 @@ impl Session {
 fn access_log(client: IpAddr, method: &str, path: &str, status: u16, bytes: usize, started: Instant, ctx: &Ctx<'_>) {
     let micros = Instant::now().saturating_duration_since(started).as_micros();
     log::info!(
-        target: "access",
+        target: crate::logger::ACCESS,
         "{} {} \"{} {}\" {} {} {}us",
         UtcTime::from_unix_millis(ctx.wall_ms).rfc3339_millis(),
         client,

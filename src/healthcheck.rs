@@ -66,6 +66,10 @@ pub fn check(url: &str) -> Result<(), String> {
         match stream.read(&mut buf[len..]) {
             Ok(0) => break,
             Ok(n) => len += n,
+            // A read timeout shows up as WouldBlock on Linux.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err("no response within 2 s".into());
+            }
             Err(e) => return Err(format!("no response: {e}")),
         }
         if Instant::now() >= deadline {

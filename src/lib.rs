@@ -4,7 +4,8 @@
 //! `server` (poll loops, accept, signals) → `conn` (one connection's state machine) →
 //! `http` (parsing and framing) → `proxy` (client address, scheme) → `limit` (rate limits) →
 //! `app` (which response) → `response` (the bytes). `config` reads the environment, `clock`
-//! formats time, `healthcheck` is the container health-check subcommand.
+//! formats time, `logger` writes log lines, `healthcheck` is the container health-check
+//! subcommand.
 //!
 //! The library exists so that integration tests and the cargo-fuzz targets reach the same
 //! functions the binary runs. No unsafe code anywhere in this crate.
@@ -20,6 +21,7 @@ pub mod conn;
 pub mod healthcheck;
 pub mod http;
 pub mod limit;
+pub mod logger;
 pub mod proxy;
 pub mod response;
 pub mod server;

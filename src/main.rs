@@ -45,12 +45,7 @@ fn serve() -> ExitCode {
     };
     // Two targets bypass LOG_LEVEL: "access" follows ACCESS_LOG, and "lifecycle" (the startup line
     // with the effective configuration, signals, drain) is always shown, whatever the level.
-    let access = if config.access_log { log::LevelFilter::Info } else { log::LevelFilter::Off };
-    let logger = simple_logger::SimpleLogger::new()
-        .with_level(config.log_level)
-        .with_module_level("access", access)
-        .with_module_level("lifecycle", log::LevelFilter::Info);
-    if let Err(e) = logger.init() {
+    if let Err(e) = zayzoon::logger::Logger::new(config.log_level, config.access_log).install() {
         eprintln!("zayzoon: cannot start logging: {e}");
         return ExitCode::from(1);
     }

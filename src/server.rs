@@ -19,6 +19,7 @@ use crate::clock;
 use crate::config::{ACCEPT_BACKOFF, Config, READ_CHUNK, SWEEP_INTERVAL};
 use crate::conn::{Conn, Ctx, Drive, Session, Settings};
 use crate::limit::{self, Limiter, MemoryStore, Policy, Ticket};
+use crate::logger::LIFECYCLE;
 use crate::response::Renderer;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -141,7 +142,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     // as it sees that line gets a drain, not the default action (or, as PID 1, nothing at all).
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
         .map_err(StartError::Setup)?;
-    log::info!(target: "lifecycle", "zayzoon {} listening on {local}; {}", env!("CARGO_PKG_VERSION"), config.summary());
+    log::info!(target: LIFECYCLE, "zayzoon {} listening on {local}; {}", env!("CARGO_PKG_VERSION"), config.summary());
 
     let handles: Vec<_> = workers
         .into_iter()
@@ -158,15 +159,16 @@ pub fn run(config: Config) -> Result<(), StartError> {
             for signal in signals.forever() {
                 received += 1;
                 if received == 1 {
-                    log::info!(target: "lifecycle", "signal {signal}: draining (at most {} s)", signal_shared.shutdown_grace.as_secs());
+                    // Start the drain before saying so: nothing may stand between a signal and it.
                     signal_shared.draining.store(true, Ordering::SeqCst);
                     for waker in &wakers {
                         if let Err(e) = waker.wake() {
                             log::error!("cannot wake a worker: {e}");
                         }
                     }
+                    log::info!(target: LIFECYCLE, "signal {signal}: draining (at most {} s)", signal_shared.shutdown_grace.as_secs());
                 } else {
-                    log::warn!(target: "lifecycle", "second signal {signal}: exiting now");
+                    log::warn!(target: LIFECYCLE, "second signal {signal}: exiting now");
                     std::process::exit(1);
                 }
             }
@@ -182,14 +184,14 @@ pub fn run(config: Config) -> Result<(), StartError> {
     }
     if let Some(stats) = redis_stats {
         log::info!(
-            target: "lifecycle",
+            target: LIFECYCLE,
             "redis: {} checks in {} round trips; {} decided from memory",
             stats.checks.load(Ordering::Relaxed),
             stats.round_trips.load(Ordering::Relaxed),
             stats.fallbacks.load(Ordering::Relaxed)
         );
     }
-    log::info!(target: "lifecycle", "drained; exiting");
+    log::info!(target: LIFECYCLE, "drained; exiting");
     Ok(())
 }
 

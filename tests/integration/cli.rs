@@ -112,6 +112,7 @@ fn healthcheck_gives_up_after_two_seconds() {
     let start = std::time::Instant::now();
     let o = run(&["healthcheck", &format!("http://{}/health", silent.local_addr().unwrap())], &[]);
     assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no response within 2 s"), "{}", stderr(&o));
     let took = start.elapsed();
     assert!(took >= std::time::Duration::from_millis(1900) && took < std::time::Duration::from_secs(4), "{took:?}");
 }

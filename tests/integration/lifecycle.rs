@@ -93,3 +93,43 @@ fn idle_server_exits_promptly() {
     assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
     assert!(server.log_text().contains("drained"));
 }
+
+#[test]
+fn a_broken_stdout_stops_neither_serving_nor_shutdown() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(crate::support::BIN)
+        .env_clear()
+        .envs([("PORT", "0"), ("BIND_ADDR", "127.0.0.1"), ("WORKERS", "2")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr =
+        line.split("listening on ").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+    // The log reader goes away: every log write from now on fails with EPIPE.
+    drop(reader);
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut s, false).unwrap().status, 200, "access log lines fail quietly");
+    }
+    let killed = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("SIGTERM did not stop a server whose stdout is broken");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
+}
