@@ -1,8 +1,9 @@
 //! The in-memory store: fixed-window counters per client, shared by all workers (so limits are
 //! per process, not per thread), in a few mutex-guarded shards.
 //!
-//! Bounded: each shard drops expired entries every `LIMITER_PURGE_INTERVAL` and whenever it is
-//! full; a shard still full after that evicts an arbitrary entry. A flood of distinct clients thus
+//! Bounded: each shard drops expired entries every `LIMITER_PURGE_INTERVAL` and when it is full
+//! (at most once per `capacity / 8` newcomers, so that a shard full of live clients is not scanned
+//! for every one); a shard still full after that evicts an arbitrary entry. A flood of distinct clients thus
 //! costs at most `MAX_LIMITER_ENTRIES` entries, and its worst effect is giving some clients a fresh
 //! window early (failing open for them), never refusing a client it has not counted.
 
@@ -31,6 +32,10 @@ pub struct MemoryStore {
 struct Shard {
     map: HashMap<ClientKey, Entry>,
     next_purge_ms: u64,
+    /// New clients since the last purge.
+    added_since_purge: usize,
+    /// Purges so far (for tests: they are what a flood of new clients could make expensive).
+    purges: u64,
 }
 
 /// One client's windows, indexed by `CounterId`.
@@ -109,11 +114,19 @@ impl MemoryStore {
 impl Shard {
     /// Purges on schedule, and makes sure a new `key` fits under `capacity`.
     fn make_room(&mut self, key: ClientKey, now_ms: u64, capacity: usize) {
-        let full = self.map.len() >= capacity && !self.map.contains_key(&key);
-        if full || now_ms >= self.next_purge_ms {
+        let new = !self.map.contains_key(&key);
+        self.added_since_purge += usize::from(new);
+        let full = new && self.map.len() >= capacity;
+        // Purging when full is amortized over capacity/8 newcomers: found by the address-flood
+        // test (tests/hostile), where a shard full of live clients was scanned whole for each new
+        // one, making every new client ~10x as costly as before the cap.
+        let purge_when_full = full && self.added_since_purge >= (capacity / 8).max(1);
+        if purge_when_full || now_ms >= self.next_purge_ms {
             let before = self.map.len();
             self.map.retain(|_, e| !e.expired(now_ms));
             self.next_purge_ms = now_ms + LIMITER_PURGE_INTERVAL.as_millis() as u64;
+            self.added_since_purge = 0;
+            self.purges += 1;
             let purged = before - self.map.len();
             if purged > 0 {
                 log::debug!("limiter: purged {purged} expired clients, {} remain in this shard", self.map.len());
@@ -187,6 +200,45 @@ mod tests {
         // Each shard holds at most capacity/SHARDS, rounded up.
         assert!(store.clients() <= capacity.div_ceil(SHARDS) * SHARDS, "{}", store.clients());
         assert!(store.clients() >= SHARDS, "every shard is in use: {}", store.clients());
+    }
+
+    /// Found by the address-flood test (tests/hostile): once full of live clients, a shard was
+    /// scanned whole for every new client.
+    #[test]
+    fn a_full_shard_is_not_scanned_for_every_new_client() {
+        let capacity = 64 * SHARDS;
+        let store = MemoryStore::with_capacity(capacity);
+        let t0 = store.epoch + Duration::from_secs(1);
+        let c = [(G, Rate { limit: 1, period_secs: 3600 })];
+        for n in 0..20 * capacity as u32 {
+            store.hit(key(n), &c, t0);
+        }
+        let purges: u64 = store.shards.iter().map(|s| lock(s).purges).sum();
+        // One scheduled purge per shard, then one per capacity/8 newcomers to each shard.
+        assert!(purges <= SHARDS as u64 * (1 + 20 * 8), "{purges} purges for {} clients", 20 * capacity);
+        assert!(store.clients() <= capacity);
+    }
+
+    #[test]
+    fn a_full_shard_still_purges_expired_clients_before_evicting() {
+        let store = MemoryStore::with_capacity(8 * SHARDS);
+        let t0 = store.epoch + Duration::from_secs(1);
+        let short = [(G, Rate { limit: 1, period_secs: 1 })];
+        let long = [(G, Rate { limit: 1, period_secs: 3600 })];
+        let stays = key(u32::MAX);
+        let shard_of = |k| store.shard_hasher.hash_one(k) as usize % SHARDS;
+        let same: Vec<ClientKey> = (0..).map(key).filter(|&k| shard_of(k) == shard_of(stays)).take(8).collect();
+        store.hit(stays, &long, t0);
+        for &k in &same[..7] {
+            store.hit(k, &short, t0);
+        }
+        assert_eq!(lock(&store.shards[shard_of(stays)]).map.len(), 8, "full");
+        // The short windows have ended, the next scheduled purge is not due: the newcomer's shard
+        // makes room by purging, not by evicting the client whose window is still open.
+        let later = t0 + Duration::from_secs(2);
+        store.hit(same[7], &long, later);
+        assert_eq!(store.hit(stays, &long, later)[0].count, 2, "not evicted");
+        assert_eq!(lock(&store.shards[shard_of(stays)]).map.len(), 2);
     }
 
     #[test]
