@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Benchmarks zayzoon against nginx on this machine, on loopback, in one run (docs/PERFORMANCE.md).
+#
+#   bench/run.sh            the full run: 5 A/B pairs of 5 s rounds per row (about 6 minutes)
+#   bench/run.sh --smoke    every row once, 1 s rounds (about a minute after the builds); CI runs
+#                           this so the bench cannot rot: it fails when something is broken, never
+#                           on a missed target
+#   bench/run.sh --pairs N --duration S --idle N --starts N    other sizes
+#
+# Installs wrk, nginx (with the headers-more module, to drop its Server header), redis-server
+# and python3 from Debian's packages when missing (as root, or with sudo), builds zayzoon in
+# release (glibc, for the throughput rows) and as the static musl binary (for its size), then
+# hands over to bench/bench.py, which starts every server on 127.0.0.1 and stops it again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+for pair in wrk:wrk nginx:nginx redis-server:redis-server python3:python3; do
+    command -v "${pair%%:*}" > /dev/null 2>&1 || missing+=("${pair#*:}")
+done
+[ -e /usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so ] ||
+    missing+=(libnginx-mod-http-headers-more-filter)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "bench: installing ${missing[*]} (Debian packages)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # --no-install-recommends: no nginx service started, no extra modules loaded.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
+fi
+
+echo "bench: building (cargo build --release; and --target x86_64-unknown-linux-musl for the size)"
+cargo build --release --quiet
+musl_built=""
+if rustup target list --installed 2> /dev/null | grep -qx x86_64-unknown-linux-musl ||
+    rustup target add x86_64-unknown-linux-musl > /dev/null 2>&1; then
+    cargo build --release --quiet --target x86_64-unknown-linux-musl
+    musl_built=yes
+else
+    echo "bench: the x86_64-unknown-linux-musl target can't be installed: no binary size"
+fi
+
+# Copies, so that a build elsewhere in this tree during the run can't swap the binary under us.
+bin="$(mktemp -d /tmp/zayzoon-bench-bin.XXXXXX)"
+trap 'rm -rf "$bin"' EXIT
+cp target/release/zayzoon "$bin/zayzoon"
+musl=()
+if [ -n "$musl_built" ]; then
+    cp target/x86_64-unknown-linux-musl/release/zayzoon "$bin/zayzoon-musl"
+    musl=(--musl "$bin/zayzoon-musl")
+fi
+
+# 10,000 idle connections need 10,000 descriptors on each side (servers inherit this limit).
+ulimit -n "$(ulimit -Hn)"
+
+python3 bench/bench.py --zayzoon "$bin/zayzoon" "${musl[@]}" "$@"
