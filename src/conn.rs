@@ -10,6 +10,8 @@ use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, Shutdown};
 use std::time::{Duration, Instant};
 
+use mio::Interest;
+
 use crate::app::{self, Request};
 use crate::clock::UtcTime;
 use crate::config::{LINGER, MAX_PENDING_OUTPUT};
@@ -477,6 +479,14 @@ pub struct Conn {
     /// until a read or write says `WouldBlock`, and no new event comes meanwhile.
     readable: bool,
     writable: bool,
+    /// What the poll watches for this socket; `None` until the worker registers it. A new socket is
+    /// tried at once instead: its request usually came with it (what TCP_DEFER_ACCEPT relies on),
+    /// and a connection that is answered and closed in that first turn never costs an epoll_ctl.
+    pub registered: Option<Interest>,
+    /// TCP_NODELAY is set, before the second write (as nginx does): a first write has nothing
+    /// unacknowledged before it for Nagle to wait on, and one-request connections skip the syscall.
+    nodelay: bool,
+    wrote: bool,
 }
 
 /// How many reads or writes one connection gets per turn before others get theirs.
@@ -495,7 +505,20 @@ pub enum Drive {
 
 impl Conn {
     pub fn new(stream: mio::net::TcpStream, session: Session) -> Conn {
-        Conn { stream, session, readable: false, writable: false }
+        // Ready both ways until a read or write says otherwise: see `registered`.
+        Conn { stream, session, readable: true, writable: true, registered: None, nodelay: false, wrote: false }
+    }
+
+    /// What the poll should watch: readability always (requests, EOF); writability only once
+    /// output has had to wait for room, and from then on. Watching it on every socket would cost
+    /// a wakeup for each ACK (nginx doesn't either).
+    pub fn interest(&self) -> Interest {
+        let waiting = !self.writable && !self.session.pending_output().is_empty();
+        if waiting || self.registered.is_some_and(|i| i.is_writable()) {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        }
     }
 
     pub fn set_ready(&mut self, readable: bool, writable: bool) {
@@ -557,6 +580,12 @@ impl Conn {
     }
 
     fn write_some(&mut self, ctx: &Ctx<'_>) -> io::Result<()> {
+        if self.wrote && !self.nodelay {
+            // Responses go out in one write each; don't let Nagle hold back the last segment of one.
+            let _ = self.stream.set_nodelay(true);
+            self.nodelay = true;
+        }
+        self.wrote = true;
         let pending = self.session.pending_output();
         match self.stream.write(pending) {
             Ok(0) => Err(io::ErrorKind::WriteZero.into()),

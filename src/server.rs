@@ -378,11 +378,30 @@ impl Worker {
         {
             spares.push(buf);
         }
+        if outcome != Drive::Closed
+            && let Err(e) = self.register(slot)
+        {
+            log::warn!("cannot register a connection: {e}");
+            return self.close(slot);
+        }
         match outcome {
             Drive::Parked => {}
             Drive::Busy => self.busy.push(slot),
             Drive::Closed => self.close(slot),
         }
+    }
+
+    /// Tells the poll what connection `slot` now waits for, if that changed.
+    fn register(&mut self, slot: usize) -> io::Result<()> {
+        let Some(Some(conn)) = self.conns.entries.get_mut(slot) else { return Ok(()) };
+        let interest = conn.interest();
+        match conn.registered {
+            Some(current) if current == interest => return Ok(()),
+            Some(_) => self.poll.registry().reregister(&mut conn.stream, Token(slot), interest)?,
+            None => self.poll.registry().register(&mut conn.stream, Token(slot), interest)?,
+        }
+        conn.registered = Some(interest);
+        Ok(())
     }
 
     fn close(&mut self, slot: usize) {
@@ -427,22 +446,15 @@ impl Worker {
         }
     }
 
-    fn add(&mut self, mut stream: mio::net::TcpStream, peer: SocketAddr, now: Instant, wall_ms: i64) {
-        // Responses go out in one write each; don't let Nagle hold back the last segment of one.
-        let _ = stream.set_nodelay(true);
-        let slot = self.conns.vacant_slot();
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
-        {
-            log::warn!("cannot register connection from {peer}: {e}");
-            self.shared.connections.fetch_sub(1, Ordering::Relaxed);
-            return;
-        }
+    /// Takes a new connection, and serves it right away: see `Conn::registered`.
+    fn add(&mut self, stream: mio::net::TcpStream, peer: SocketAddr, now: Instant, wall_ms: i64) {
         self.next_serial += 1;
-        let ticket = Ticket { slot, serial: self.next_serial };
+        let ticket = Ticket { slot: self.conns.vacant_slot(), serial: self.next_serial };
         let (ctx, conns, _, _) = self.ctx(now, wall_ms);
         let session = Session::new(peer.ip(), ticket, &ctx);
-        let inserted = conns.insert(Conn::new(stream, session));
-        debug_assert_eq!(inserted, slot);
+        let slot = conns.insert(Conn::new(stream, session));
+        debug_assert_eq!(slot, ticket.slot);
+        self.drive(slot, now, wall_ms);
     }
 
     /// Hands remote limiter decisions to the connections waiting for them.
