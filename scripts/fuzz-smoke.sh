@@ -18,6 +18,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 cd fuzz
+# The fuzz crate's lock starts from the server's, so that the fuzzer builds the very versions of
+# httparse, mio, redis... that the server ships; cargo adds libFuzzer's own. It is not committed
+# (fuzz/.gitignore): a committed copy would go stale with every change to the server's.
+cp ../Cargo.lock Cargo.lock
 cargo +"$toolchain" fuzz build
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
