@@ -4,6 +4,7 @@
 //! the proleptic Gregorian calendar) and the three text forms we print. A date crate would do the
 //! same in far more code than these few lines.
 
+use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch. A clock set before 1970 is not worth a panic: it reads as 1970.
@@ -81,12 +82,44 @@ impl UtcTime {
         )
     }
 
-    /// RFC 3339 with milliseconds, for the access log: `2026-11-27T07:34:17.042Z`.
-    pub fn rfc3339_millis(&self) -> String {
-        format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            self.year, self.month, self.day, self.hour, self.minute, self.second, self.millis
-        )
+    /// RFC 3339 with milliseconds, for the access log: `2026-11-27T07:34:17.042Z`. Written straight
+    /// into the log line: `format!` with `{:02}` padding was a fifth of a logged request's cost.
+    pub fn rfc3339_millis(&self) -> Rfc3339Millis {
+        Rfc3339Millis(*self)
+    }
+}
+
+/// See `UtcTime::rfc3339_millis`.
+pub struct Rfc3339Millis(UtcTime);
+
+impl fmt::Display for Rfc3339Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = &self.0;
+        if !(0..=9999).contains(&t.year) {
+            // Not a year this clock will show; `{:04}` writes it whole.
+            return write!(
+                f,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year, t.month, t.day, t.hour, t.minute, t.second, t.millis
+            );
+        }
+        let mut text = *b"0000-00-00T00:00:00.000Z";
+        for (range, n) in [
+            (0..4, t.year as u32),
+            (5..7, t.month.into()),
+            (8..10, t.day.into()),
+            (11..13, t.hour.into()),
+            (14..16, t.minute.into()),
+            (17..19, t.second.into()),
+            (20..23, t.millis.into()),
+        ] {
+            let mut n: u32 = n;
+            for digit in text[range].iter_mut().rev() {
+                *digit = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        }
+        f.write_str(std::str::from_utf8(&text).unwrap_or_default())
     }
 }
 
@@ -105,11 +138,20 @@ mod tests {
     fn epoch_and_leap_days() {
         assert_eq!(UtcTime::from_unix_millis(0).http_date(), "Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(UtcTime::from_unix_millis(951_782_400_000).page_time(), "2000-02-29 00:00:00 UTC");
-        assert_eq!(UtcTime::from_unix_millis(4_107_542_399_999).rfc3339_millis(), "2100-02-28T23:59:59.999Z");
+        assert_eq!(
+            UtcTime::from_unix_millis(4_107_542_399_999).rfc3339_millis().to_string(),
+            "2100-02-28T23:59:59.999Z"
+        );
         assert_eq!(UtcTime::from_unix_millis(4_107_542_400_000).page_time(), "2100-03-01 00:00:00 UTC");
-        assert_eq!(UtcTime::from_unix_millis(1_795_765_457_042).rfc3339_millis(), "2026-11-27T07:44:17.042Z");
+        assert_eq!(
+            UtcTime::from_unix_millis(1_795_765_457_042).rfc3339_millis().to_string(),
+            "2026-11-27T07:44:17.042Z"
+        );
         assert_eq!(UtcTime::from_unix_millis(1_795_765_457_042).http_date(), "Fri, 27 Nov 2026 07:44:17 GMT");
         assert_eq!(UtcTime::from_unix_millis(-1).page_time(), "1969-12-31 23:59:59 UTC");
+        assert_eq!(UtcTime::from_unix_millis(-1).rfc3339_millis().to_string(), "1969-12-31T23:59:59.999Z");
+        let far = UtcTime::from_unix_millis(253_402_300_800_000); // the first millisecond of 10000
+        assert_eq!(far.rfc3339_millis().to_string(), "10000-01-01T00:00:00.000Z");
     }
 
     #[test]
