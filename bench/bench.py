@@ -352,12 +352,18 @@ def wrk(port, seconds, close=False, connections=50):
 def measure_round(server, seconds, close, redis=None):
     r_before = redis.info() if redis else None
     redis_cpu0 = redis.cpu() if redis else 0
-    cpu0 = server.cpu()
+    wrk0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0, t0 = server.cpu(), time.monotonic()
     w = wrk(server.port, seconds, close)
-    cpu1 = server.cpu()
+    cpu1, t1 = server.cpu(), time.monotonic()
+    wrk1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if not server.alive():
         raise Broken(f"{server.name} died during a round")
     w["cpu_us"] = (cpu1 - cpu0) / w["requests"] * 1e6
+    # How busy each side was: far below 100% on both means the round waited on the scheduler
+    # (other work on the machine), and then req/s says more about the machine than the server.
+    w["server_busy"] = (cpu1 - cpu0) / (t1 - t0)
+    w["wrk_busy"] = sum(getattr(wrk1, f) - getattr(wrk0, f) for f in ("ru_utime", "ru_stime")) / (t1 - t0)
     if redis:
         r_after = redis.info()
         w["redis_scripts"] = (redis.scripts(r_after) - redis.scripts(r_before)) / w["requests"]
@@ -685,9 +691,9 @@ def report(args, rows, same, redis_note, extra, sizes, elapsed):
         summaries[row["title"]] = (meds, ratios)
         for i, label in enumerate(row["labels"]):
             m = meds[label]
-            note = ""
+            note = f"busy: server {m['server_busy']:.0%}, wrk {m['wrk_busy']:.0%}"
             if "redis_trips" in m:
-                note = (f"Redis: {m['redis_trips']:.3f} round trips/req (INFO total_reads_processed), "
+                note += (f"; Redis: {m['redis_trips']:.3f} round trips/req (INFO total_reads_processed), "
                         f"{m['redis_scripts']:.2f} scripts/req (commandstats), "
                         + (f"zayzoon's own count {row['own'][label]:.3f} round trips/check, " if label in row["own"] else "")
                         + f"redis-server {m['redis_cpu_us']:.1f} µs CPU/req")
@@ -698,6 +704,13 @@ def report(args, rows, same, redis_note, extra, sizes, elapsed):
                   f"{fmt_x(r['cpu_us'])} | {fmt_x(r['hwm_kib'])} | |")
     if redis_note:
         print(f"| Redis store | zayzoon redis | {redis_note} | | | | | |")
+    print()
+    print("Every round, in the order run (CPU/req in µs @ req/s):")
+    print()
+    for row in rows:
+        for label in row["labels"]:
+            rounds = " ".join(f"{r['cpu_us']:.1f}@{r['rps'] / 1000:.0f}k" for r in row["rounds"][label])
+            print(f"- {row['title']}, {label}: {rounds}")
     labels = [label for label in ("zayzoon", "zayzoon musl", "nginx") if label in extra]
     names = {"zayzoon": "zayzoon (glibc, as in the rows above)", "zayzoon musl": "zayzoon (static musl, as shipped)"}
     print()
