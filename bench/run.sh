@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks zayzoon against nginx on this machine, on loopback, in one run (docs/PERFORMANCE.md).
 #
-#   bench/run.sh            the full run: 5 A/B pairs of 5 s rounds per row (about 6 minutes)
+#   bench/run.sh            the full run: 7 A/B pairs of 4 s rounds per row (about 6 minutes)
 #   bench/run.sh --smoke    every row once, 1 s rounds (about a minute after the builds); CI runs
 #                           this so the bench cannot rot: it fails when something is broken, never
 #                           on a missed target
