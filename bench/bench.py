@@ -132,8 +132,10 @@ class Server:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self):
+        """SIGTERM, and SIGKILL after 10 s; returns whether it took SIGKILL."""
+        killed = False
         if self.proc is None:
-            return
+            return killed
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -141,7 +143,9 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+                killed = True
         self.proc = None
+        return killed
 
 
 class Zayzoon(Server):
@@ -187,14 +191,15 @@ class Zayzoon(Server):
             return f.read(4096).decode(errors="replace")
 
     def stop(self):
-        super().stop()
+        killed = super().stop()
         if getattr(self, "log", None):
             self.log.close()
             self.log = None
+        return killed
 
 
 class Nginx(Server):
-    def __init__(self, workdir, body, workers=1, access_log=None, port=None):
+    def __init__(self, workdir, body, workers=1, access_log=None, port=None, master_process=True):
         self.dir = tempfile.mkdtemp(prefix="nginx.", dir=workdir)
         self.port = port or free_port()
         with open(os.path.join(HERE, "nginx.conf")) as f:
@@ -208,6 +213,8 @@ class Nginx(Server):
             "@HEALTH_BODY@": quoted,
         }.items():
             conf = conf.replace(key, value)
+        if not master_process:  # one process, for valgrind
+            conf = conf.replace("master_process on;", "master_process off;")
         self.conf = os.path.join(self.dir, "nginx.conf")
         with open(self.conf, "w") as f:
             f.write(conf)
@@ -239,6 +246,17 @@ class Nginx(Server):
 
     def pids(self):
         return [self.proc.pid] + children(self.proc.pid)
+
+    def stop(self):
+        # Should the master need SIGKILL, its workers would live on: end them too.
+        workers = children(self.proc.pid) if self.alive() else []
+        killed = super().stop()
+        for pid in workers if killed else []:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return killed
 
 
 class Redis(Server):
@@ -527,6 +545,55 @@ def exec_to_first_200(argv, env, port, stop_sig=signal.SIGTERM):
             proc.wait()
 
 
+def callgrind_per_request(argv, env, port, seconds, close, stop_sig, workdir):
+    """User-space instructions per request, counted by callgrind: the one figure here that other
+    work on the machine does not move. Two runs under valgrind: started and asked once (the
+    start-up's count), then started and loaded by wrk -t1 -c10 for `seconds`; the difference over
+    wrk's requests."""
+    counts = []
+    for load in (False, True):
+        log = os.path.join(workdir, f"callgrind-{port}-{load}.log")
+        cmd = ["valgrind", "--tool=callgrind", f"--log-file={log}", "--callgrind-out-file=/dev/null"] + argv
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            def answers():
+                if proc.poll() is not None:
+                    raise Broken(f"{argv[0]} under valgrind exited with {proc.returncode}")
+                try:
+                    return http_get(port, close=True).startswith(b"HTTP/1.1 200 ")
+                except OSError:
+                    return False
+
+            wait_until(f"{argv[0]} under valgrind", answers, timeout=60)
+            requests = wrk(port, seconds, close, connections=10)["requests"] if load else 0
+        finally:
+            proc.send_signal(stop_sig)
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    # Valgrind can sit on a signal that came as the program went back to waiting
+                    # (seen with nginx, idle in epoll_wait): say it again, and wake the loop.
+                    proc.send_signal(stop_sig)
+                    try:
+                        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    except OSError:
+                        pass
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        with open(log) as f:
+            text = f.read()
+        m = re.search(r"Collected : (\d+)", text)
+        if not m:
+            raise Broken(f"no instruction count from valgrind (exit {proc.returncode}): {text[-1000:]}")
+        counts.append((int(m.group(1)), requests))
+    (idle, _), (loaded, requests) = counts
+    return (loaded - idle) / requests
+
+
 # ---------------------------------------------------------------------------------------------
 # Output
 
@@ -552,10 +619,12 @@ def main():
     ap.add_argument("--duration", type=int, help="seconds per round (default 4; smoke 1)")
     ap.add_argument("--idle", type=int, default=10_000, help="idle keep-alive connections")
     ap.add_argument("--starts", type=int, help="starts for exec-to-first-200 (default 20; smoke 5)")
+    ap.add_argument("--cg-seconds", type=int, help="seconds of load under callgrind (default 5; smoke 1)")
     args = ap.parse_args()
     args.pairs = args.pairs or (1 if args.smoke else 7)
     args.duration = args.duration or (1 if args.smoke else 4)
     args.starts = args.starts or (5 if args.smoke else 20)
+    args.cg_seconds = args.cg_seconds or (1 if args.smoke else 5)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = args.idle + 1000
@@ -648,8 +717,23 @@ def run(args, work, started):
             else:
                 cfg = Nginx(work, body, port=port)
                 argv = ["nginx", "-p", cfg.dir, "-c", cfg.conf]
-                times.append(exec_to_first_200(argv, dict(os.environ), port, stop_sig=signal.SIGQUIT))
+                times.append(exec_to_first_200(argv, dict(os.environ), port))
         extra[label]["start"] = median(times)
+
+    print(f"bench: user-space instructions per request under callgrind (wrk -c10, {args.cg_seconds} s)", flush=True)
+    instr = {}
+    for close in (False, True):
+        kind = "close" if close else "keep-alive"
+        port = free_port()
+        env = dict(Zayzoon(zz_bin, work).env, PORT=str(port))
+        instr[("zayzoon", kind)] = callgrind_per_request([zz_bin], env, port, args.cg_seconds, close,
+                                                         signal.SIGTERM, work)
+        cfg = Nginx(work, body, port=free_port(), master_process=False)
+        argv = ["nginx", "-p", cfg.dir, "-c", cfg.conf]
+        # SIGTERM (fast shutdown): under valgrind, nginx sometimes never finished a graceful one.
+        instr[("nginx", kind)] = callgrind_per_request(argv, dict(os.environ), cfg.port, args.cg_seconds, close,
+                                                       signal.SIGTERM, work)
+    extra["instructions"] = instr
 
     sizes = {"zayzoon musl": os.path.getsize(args.musl) if args.musl else None}
     nginx_path = subprocess.run(["sh", "-c", "command -v nginx"], capture_output=True, text=True).stdout.strip()
@@ -732,6 +816,13 @@ def report(args, rows, same, redis_note, extra, sizes, elapsed):
         "nginx": f"{sizes['nginx'] / 1024:.0f} KiB + libc, pcre2, ssl, zlib",
     }
     print("| binary size | " + " | ".join(sizes_text[label] for label in labels) + " |")
+    instr = extra["instructions"]
+    for kind in ("keep-alive", "close"):
+        z, n = instr[("zayzoon", kind)], instr[("nginx", kind)]
+        cells = {"zayzoon": f"{z:,.0f} ({z / n:.2f}× nginx)", "zayzoon musl": "", "nginx": f"{n:,.0f}"}
+        what = "Connection: close" if kind == "close" else kind
+        print(f"| user-space instructions per {what} request (callgrind) | "
+              + " | ".join(cells[label] for label in labels) + " |")
     print()
     print("Responses compared before measuring (Date, RateLimit-Remaining/-Reset values normalized):")
     for line in same:

@@ -7,8 +7,8 @@
 #                           on a missed target
 #   bench/run.sh --pairs N --duration S --idle N --starts N    other sizes
 #
-# Installs wrk, nginx (with the headers-more module, to drop its Server header), redis-server
-# and python3 from Debian's packages when missing (as root, or with sudo), builds zayzoon in
+# Installs wrk, nginx (with the headers-more module, to drop its Server header), redis-server,
+# valgrind and python3 from Debian's packages when missing (as root, or with sudo), builds zayzoon in
 # release (glibc, for the throughput rows) and as the static musl binary (for its size), then
 # hands over to bench/bench.py, which starts every server on 127.0.0.1 and stops it again.
 set -euo pipefail
@@ -19,7 +19,7 @@ as_root() {
 }
 
 missing=()
-for pair in wrk:wrk nginx:nginx redis-server:redis-server python3:python3; do
+for pair in wrk:wrk nginx:nginx redis-server:redis-server python3:python3 valgrind:valgrind; do
     command -v "${pair%%:*}" > /dev/null 2>&1 || missing+=("${pair#*:}")
 done
 [ -e /usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so ] ||
