@@ -128,6 +128,15 @@ class Server:
     def kib(self, key):
         return sum(proc_status_kib(p, key) for p in self.pids())
 
+    def pss_kib(self):
+        """Proportional set size: pages shared between processes (nginx's master and workers, or
+        libc with the rest of the machine) split among them, so the sum counts them once."""
+        total = 0
+        for pid in self.pids():
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += sum(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        return total
+
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
 
@@ -199,7 +208,8 @@ class Zayzoon(Server):
 
 
 class Nginx(Server):
-    def __init__(self, workdir, body, workers=1, access_log=None, port=None, master_process=True):
+    def __init__(self, workdir, body, workers=1, access_log=None, port=None, master_process=True,
+                 worker_connections=10_000):
         self.dir = tempfile.mkdtemp(prefix="nginx.", dir=workdir)
         self.port = port or free_port()
         with open(os.path.join(HERE, "nginx.conf")) as f:
@@ -209,6 +219,7 @@ class Nginx(Server):
             "@DIR@": self.dir,
             "@PORT@": str(self.port),
             "@WORKERS@": str(workers),
+            "@WORKER_CONNECTIONS@": str(worker_connections),
             "@ACCESS_LOG@": access_log or "off",
             "@HEALTH_BODY@": quoted,
         }.items():
@@ -694,11 +705,11 @@ def run(args, work, started):
     extra = {}
     cap = args.idle + 1000
     factories = [(label, lambda b=b: Zayzoon(b, work, MAX_CONNECTIONS=cap)) for label, b in binaries]
-    for label, factory in factories + [("nginx", ngx())]:
+    for label, factory in factories + [("nginx", ngx(worker_connections=cap))]:
         s = factory().start()
         try:
             time.sleep(0.2)
-            m = {"idle": s.kib("VmRSS")}
+            m = {"idle": s.kib("VmRSS"), "idle_pss": s.pss_kib()}
             r = measure_round(s, args.duration, close=False)
             m.update(load_hwm=s.kib("VmHWM"), load_cpu=r["cpu_us"], load_rps=r["rps"])
             m["conns"] = idle_connections(s, args.idle)
@@ -805,6 +816,7 @@ def report(args, rows, same, redis_note, extra, sizes, elapsed):
         print(f"| {what} | " + " | ".join(fmt(extra[label][key]) for label in labels) + " |")
 
     line("idle RSS after start", fmt_mib, "idle")
+    line("idle PSS after start (shared pages split)", fmt_mib, "idle_pss")
     line(f"peak RSS after one keep-alive round (wrk -c50, {args.duration} s)", fmt_mib, "load_hwm")
     line("CPU/req in that round", lambda v: f"{v:.1f} µs", "load_cpu")
     line("req/s in that round", lambda v: f"{v:,.0f}", "load_rps")
