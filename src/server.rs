@@ -419,6 +419,11 @@ impl Worker {
             return;
         }
         while let Some(listener) = &self.listener {
+            // A connection is served as soon as it is accepted (`add`): once a signal has asked for
+            // the drain, take no more, even before this worker's turn gets to `start_draining`.
+            if self.shared.draining.load(Ordering::SeqCst) {
+                return;
+            }
             let (stream, peer) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
