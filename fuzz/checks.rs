@@ -89,6 +89,8 @@ fn check_head(data: &[u8], h: &HeadInfo) {
     assert!(h.headers.len() <= MAX_HEADERS);
     assert_eq!(parse(&data[..h.len]), Outcome::Complete(h.clone()), "the head alone decides");
     check_fields(h);
+    check_escaped(&h.method);
+    check_escaped(&h.target);
     let canonical = write_back(h);
     match parse(&canonical) {
         Outcome::Complete(again) => {
@@ -145,6 +147,27 @@ fn check_fields(h: &HeadInfo) {
     let has = |t: &[u8]| tokens.iter().any(|x| x.eq_ignore_ascii_case(t));
     let keep_alive = !has(b"close") && (h.version == Version::Http11 || has(b"keep-alive"));
     assert_eq!(h.keep_alive, keep_alive, "Connection: {tokens:?}");
+}
+
+/// What the access log prints of a client's text (`conn::Escaped`) is one printable-ASCII word
+/// with no `"` (which delimits it in the line), and decodes back to exactly the text.
+fn check_escaped(text: &str) {
+    let shown = zayzoon::conn::Escaped(text).to_string();
+    assert!(shown.bytes().all(|b| b.is_ascii_graphic() && b != b'"'), "{shown:?}");
+    let mut back = Vec::new();
+    let mut rest = shown.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'\\' {
+            let hex = std::str::from_utf8(&tail[1..3]).unwrap();
+            assert_eq!(tail[0], b'x', "{shown:?}");
+            back.push(u8::from_str_radix(hex, 16).unwrap());
+            rest = &tail[3..];
+        } else {
+            back.push(b);
+            rest = tail;
+        }
+    }
+    assert_eq!(back, text.as_bytes(), "{shown:?}");
 }
 
 /// The request in canonical form: single spaces, `name: value`, CRLF line ends.
