@@ -487,6 +487,9 @@ pub struct Conn {
     /// until a read or write says `WouldBlock`, and no new event comes meanwhile.
     readable: bool,
     writable: bool,
+    /// The last event said the client closed its side: the next read after a short one must
+    /// still happen, to see the EOF (data and FIN often come in one event, and no edge follows).
+    read_closed: bool,
     /// What the poll watches for this socket; `None` until the worker registers it. A new socket is
     /// tried at once instead: its request usually came with it (what TCP_DEFER_ACCEPT relies on),
     /// and a connection that is answered and closed in that first turn never costs an epoll_ctl.
@@ -514,7 +517,16 @@ pub enum Drive {
 impl Conn {
     pub fn new(stream: mio::net::TcpStream, session: Session) -> Conn {
         // Ready both ways until a read or write says otherwise: see `registered`.
-        Conn { stream, session, readable: true, writable: true, registered: None, nodelay: false, wrote: false }
+        Conn {
+            stream,
+            session,
+            readable: true,
+            writable: true,
+            read_closed: false,
+            registered: None,
+            nodelay: false,
+            wrote: false,
+        }
     }
 
     /// What the poll should watch: readability always (requests, EOF); writability only once
@@ -529,9 +541,11 @@ impl Conn {
         }
     }
 
-    pub fn set_ready(&mut self, readable: bool, writable: bool) {
-        self.readable |= readable;
+    /// Records an event's readiness (`read_closed`: the client sent FIN, or the socket failed).
+    pub fn set_ready(&mut self, readable: bool, writable: bool, read_closed: bool) {
+        self.readable |= readable || read_closed;
         self.writable |= writable;
+        self.read_closed |= read_closed;
     }
 
     /// Moves bytes both ways until the socket would block, the session waits, or the turn's budget
@@ -559,8 +573,9 @@ impl Conn {
                         self.session.on_eof();
                     }
                     Ok(n) => {
-                        // A short read drained the socket; a new edge comes with new data.
-                        self.readable = n == scratch.len();
+                        // A short read drained the socket; a new edge comes with new data, but
+                        // not with an EOF that was already announced.
+                        self.readable = n == scratch.len() || self.read_closed;
                         self.session.receive(&scratch[..n], ctx);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,

@@ -280,10 +280,11 @@ impl Worker {
                     // Woken for a limiter answer or a signal: both are looked at below, every turn.
                     WAKER => {}
                     Token(slot) => {
-                        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                        let readable = event.is_readable();
+                        let read_closed = event.is_read_closed() || event.is_error();
                         let writable = event.is_writable() || event.is_write_closed();
                         if let Some(Some(conn)) = self.conns.entries.get_mut(slot) {
-                            conn.set_ready(readable, writable);
+                            conn.set_ready(readable, writable, read_closed);
                             self.drive(slot, now, wall_ms);
                         }
                     }
@@ -483,7 +484,14 @@ impl Worker {
         for slot in 0..self.conns.entries.len() {
             let Some(Some(conn)) = self.conns.entries.get(slot) else { continue };
             if draining && conn.session.is_idle() {
-                self.close(slot);
+                // A request may have crossed the signal and wait unread in the socket: look once
+                // (it gets its answer, with `Connection: close`) before closing an idle connection.
+                self.drive_after(slot, now, wall_ms, |conn, _| conn.set_ready(true, false, false));
+                if let Some(Some(conn)) = self.conns.entries.get(slot)
+                    && conn.session.is_idle()
+                {
+                    self.close(slot);
+                }
                 continue;
             }
             self.drive_after(slot, now, wall_ms, |conn, ctx| conn.session.on_tick(ctx));

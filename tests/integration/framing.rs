@@ -277,3 +277,20 @@ fn max_connections_closes_new_ones_at_once() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn request_and_fin_in_one_segment_on_a_used_connection_is_answered_and_closed() {
+    // The request and the client's FIN arrive in one event after the connection was idle: the
+    // short read of the request must not hide the EOF behind it (found by the hostile tests; the
+    // connection used to linger until the keep-alive timeout).
+    let server = Server::start(&[]);
+    let mut s = server.connect();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut s, false).unwrap().status, 200);
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let start = std::time::Instant::now();
+    assert_eq!(read_response(&mut s, false).unwrap().status, 200);
+    assert!(closed_by_server(&mut s), "the server never closed");
+    assert!(start.elapsed() < std::time::Duration::from_secs(5), "closed only after {:?}", start.elapsed());
+}
