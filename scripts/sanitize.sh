@@ -31,15 +31,8 @@ if ASAN_OPTIONS="detect_leaks=1:log_path=$control/asan" "$control/leak" \
     exit 1
 fi
 
-# Skipped here (not elsewhere), because ASan's slowdown breaks their timing, not their memory:
-# - redis_store::concurrent_counts_are_exact_and_batched expects every Redis round trip within
-#   REDIS_TIMEOUT_MS (100 ms); slower ones mark Redis down by design and Redis's counts come short;
-# - lifecycle::*, which signal right after writing: a worker that notices the drain at the end of a
-#   slow turn can close a connection whose request bytes it has not read yet (reported; see
-#   issue 5's notes). hostile::clean_exit_after_hostile_traffic covers the exit under LeakSanitizer.
 status=0
-cargo +"$toolchain" test --target "$host" --all-targets --no-fail-fast "$@" -- \
-    --skip redis_store::concurrent_counts_are_exact_and_batched --skip lifecycle:: || status=$?
+cargo +"$toolchain" test --target "$host" --all-targets --no-fail-fast "$@" || status=$?
 
 if compgen -G "$reports/asan*" >/dev/null; then
     echo "sanitizer reports:"
