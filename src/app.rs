@@ -10,27 +10,88 @@ use crate::proxy::{Forwarded, Scheme};
 use crate::response::{Body, Page, RateHeaders, Response, json_error};
 
 /// What we keep of a request once its head is parsed: owned, so that it can wait for a limiter
-/// decision while the input buffer moves on.
+/// decision while the input buffer moves on. Its text lives in one `String` that a connection
+/// hands from one request to the next (`Request::new`, `into_text`): no allocation per request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
-    pub method: String,
-    /// The target as sent (validated by `http::parse_head`).
-    pub target: String,
+    /// The method, the target as sent, then the host, one after the other.
+    text: String,
+    method_end: usize,
+    target_end: usize,
+    has_host: bool,
+    /// Where the path lies in `text` (empty: an absolute-form target without one, meaning `/`).
+    path: (usize, usize),
     pub version: Version,
-    /// The validated `Host`, or the authority of an absolute-form target (RFC 9112 §3.2.2: it
-    /// takes precedence).
-    pub host: Option<String>,
     pub keep_alive: bool,
     pub forwarded: Forwarded,
 }
 
 impl Request {
+    /// A request for `method` and `target` (validated by `http::parse_head`), written into `text`
+    /// (cleared first). Its host is the authority of an absolute-form target (RFC 9112 §3.2.2: it
+    /// takes precedence), else `host`, the validated `Host` field.
+    pub fn new(
+        mut text: String,
+        method: &str,
+        target: &str,
+        host: Option<&str>,
+        version: Version,
+        keep_alive: bool,
+        forwarded: Forwarded,
+    ) -> Request {
+        let parts = http::split_target(target);
+        let host = parts.authority.or(host);
+        // The path starts after `scheme://authority` (absolute-form) or at once, and runs to '?'.
+        let path_start = parts.authority.map_or(0, |a| target.find("://").map_or(0, |i| i + 3) + a.len());
+        let path_end = target[path_start..].find('?').map_or(target.len(), |i| path_start + i);
+        text.clear();
+        text.reserve(method.len() + target.len() + host.map_or(0, str::len)); // one allocation at most
+        text.push_str(method);
+        text.push_str(target);
+        text.push_str(host.unwrap_or(""));
+        Request {
+            method_end: method.len(),
+            target_end: method.len() + target.len(),
+            has_host: host.is_some(),
+            path: (method.len() + path_start, method.len() + path_end),
+            text,
+            version,
+            keep_alive,
+            forwarded,
+        }
+    }
+
+    /// Gives back the text buffer, for the connection's next request.
+    pub fn into_text(self) -> String {
+        self.text
+    }
+
+    pub fn method(&self) -> &str {
+        &self.text[..self.method_end]
+    }
+
+    /// The target as sent.
+    pub fn target(&self) -> &str {
+        &self.text[self.method_end..self.target_end]
+    }
+
+    pub fn host(&self) -> Option<&str> {
+        self.has_host.then(|| &self.text[self.target_end..])
+    }
+
+    /// The path, compared byte for byte by routing (no percent-decoding).
     pub fn path(&self) -> &str {
-        http::split_target(&self.target).path
+        let (start, end) = self.path;
+        if start == end { "/" } else { &self.text[start..end] }
+    }
+
+    /// What follows the path's `?`, if anything does.
+    pub fn query(&self) -> Option<&str> {
+        self.target()[self.path.1 - self.method_end..].strip_prefix('?')
     }
 
     fn is_get_or_head(&self) -> bool {
-        self.method == "GET" || self.method == "HEAD"
+        matches!(self.method(), "GET" | "HEAD")
     }
 }
 
@@ -40,7 +101,7 @@ pub fn respond(req: &Request, decision: Decision, public_host: Option<&str>) -> 
     if let Decision::Limited { allowed, rate, remaining, reset_secs } = decision {
         resp.rate = Some(RateHeaders { limit: rate.limit, remaining, reset_secs, retry_after: !allowed });
     }
-    resp.head_only = req.method == "HEAD";
+    resp.head_only = req.method() == "HEAD";
     resp
 }
 
@@ -48,24 +109,24 @@ fn route(req: &Request, decision: Decision, public_host: Option<&str>) -> Respon
     if let Decision::Limited { allowed: false, rate, .. } = decision {
         return Response::new(429, Body::Json(json_error(429, &format!("Rate limit exceeded: {rate}"))));
     }
-    let target = http::split_target(&req.target);
+    let path = req.path();
     // `/health` is never redirected: the ALB checks it over plain HTTP. A target that is not a path
     // (`OPTIONS *`) has nothing to redirect to.
-    if req.forwarded.scheme == Some(Scheme::Http) && target.path != "/health" && target.path.starts_with('/') {
-        let Some(host) = public_host.or(req.host.as_deref().map(http::host_without_port)) else {
+    if req.forwarded.scheme == Some(Scheme::Http) && path != "/health" && path.starts_with('/') {
+        let Some(host) = public_host.or(req.host().map(http::host_without_port)) else {
             // No host to send the client to (HTTP/1.0 without Host, no PUBLIC_HOST).
             return Response::error(400);
         };
         let mut location = format!("https://{host}");
-        percent_encode_into(&mut location, target.path);
-        if let Some(query) = target.query {
+        percent_encode_into(&mut location, path);
+        if let Some(query) = req.query() {
             location.push('?');
             percent_encode_into(&mut location, query);
         }
         let status = if req.is_get_or_head() { 301 } else { 308 };
         return Response { location: Some(location), ..Response::new(status, Body::Empty) };
     }
-    let page = match target.path {
+    let page = match path {
         "/status" => Page::Status,
         "/health" => Page::Health,
         _ => return Response::error(404),
@@ -94,15 +155,45 @@ mod tests {
     use crate::limit::Rate;
     use crate::response::Connection;
 
+    fn req_to(method: &str, target: &str, scheme: Option<Scheme>, host: Option<&str>) -> Request {
+        let forwarded = Forwarded { client: "203.0.113.9".parse().unwrap(), scheme };
+        Request::new(String::new(), method, target, host, Version::Http11, true, forwarded)
+    }
+
     fn req(method: &str, target: &str, scheme: Option<Scheme>) -> Request {
-        Request {
-            method: method.into(),
-            target: target.into(),
-            version: Version::Http11,
-            host: Some("example.com:8443".into()),
-            keep_alive: true,
-            forwarded: Forwarded { client: "203.0.113.9".parse().unwrap(), scheme },
+        req_to(method, target, scheme, Some("example.com:8443"))
+    }
+
+    #[test]
+    fn request_parts_agree_with_split_target() {
+        for target in [
+            "/",
+            "/status",
+            "/status?",
+            "/a?b?c",
+            "*",
+            "http://h",
+            "http://h?q",
+            "HTTPS://h:1/p/q?r=s",
+            "http://h/",
+            "http://h#frag",
+            "/caf\u{e9}?\u{e9}",
+        ] {
+            let r = req_to("GET", target, None, Some("host.example"));
+            let t = http::split_target(target);
+            assert_eq!(r.method(), "GET");
+            assert_eq!(r.target(), target);
+            assert_eq!(r.path(), t.path, "{target}");
+            assert_eq!(r.query(), t.query, "{target}");
+            assert_eq!(r.host(), Some(t.authority.unwrap_or("host.example")), "{target}");
         }
+        assert_eq!(req_to("GET", "/x", None, None).host(), None);
+        // The buffer is reused: a longer request and then a shorter one in the same String.
+        let long = req_to("OPTIONS", "/a/very/long/target?with=query", None, Some("h")).into_text();
+        let capacity = long.capacity();
+        let short = Request::new(long, "GET", "/", Some("h"), Version::Http11, true, req("GET", "/", None).forwarded);
+        assert_eq!((short.method(), short.target(), short.host()), ("GET", "/", Some("h")));
+        assert_eq!(short.into_text().capacity(), capacity);
     }
 
     fn get(target: &str) -> Response {
@@ -151,16 +242,14 @@ mod tests {
 
     #[test]
     fn redirect_without_any_host_is_400() {
-        let mut r = req("GET", "/status", Some(Scheme::Http));
-        r.host = None;
+        let r = req_to("GET", "/status", Some(Scheme::Http), None);
         assert_eq!(respond(&r, Decision::Unlimited, None).status, 400);
         assert_eq!(respond(&r, Decision::Unlimited, Some("p.example")).status, 301);
     }
 
     #[test]
     fn ipv6_host_keeps_its_brackets() {
-        let mut r = req("GET", "/status", Some(Scheme::Http));
-        r.host = Some("[2001:db8::1]:8080".into());
+        let r = req_to("GET", "/status", Some(Scheme::Http), Some("[2001:db8::1]:8080"));
         assert_eq!(respond(&r, Decision::Unlimited, None).location.as_deref(), Some("https://[2001:db8::1]/status"));
     }
 

@@ -101,6 +101,8 @@ pub struct Session {
     peer_closed: bool,
     /// The current request's body will not be read (Expect: 100-continue answered at once).
     skip_body: bool,
+    /// The last request's text buffer, for the next one (see `app::Request`).
+    spare_text: String,
 }
 
 impl Session {
@@ -119,6 +121,7 @@ impl Session {
             stalled: false,
             peer_closed: false,
             skip_body: false,
+            spare_text: String::new(),
         }
     }
 
@@ -340,15 +343,9 @@ impl Session {
                 return None;
             }
         };
-        let target = http::split_target(head.target);
-        let mut req = Request {
-            method: head.method.to_owned(),
-            target: head.target.to_owned(),
-            version: head.version,
-            host: target.authority.or(head.host).map(str::to_owned),
-            keep_alive: head.keep_alive,
-            forwarded: proxy::resolve(self.peer, ctx.settings.trusted_proxy_hops, head.headers),
-        };
+        let forwarded = proxy::resolve(self.peer, ctx.settings.trusted_proxy_hops, head.headers);
+        let text = std::mem::take(&mut self.spare_text);
+        let mut req = Request::new(text, head.method, head.target, head.host, head.version, head.keep_alive, forwarded);
         let used = head.len;
         match head.framing {
             Framing::None => self.dispatch(req, ctx),
@@ -392,6 +389,7 @@ impl Session {
         // A 400 from `app` (nowhere to redirect to) is about a malformed request too.
         let close = !req.keep_alive || ctx.draining || self.peer_closed || resp.status == 400;
         self.queue(Some(&req), resp, close, ctx);
+        self.spare_text = req.into_text();
     }
 
     /// Answers an unusable request (or a timed-out one) with its error and closes.
@@ -413,7 +411,7 @@ impl Session {
         let bytes = ctx.renderer.write(&resp, &mut self.output);
         if ctx.settings.access_log {
             let (method, path, client) = match req {
-                Some(r) => (r.method.as_str(), r.path(), r.forwarded.client),
+                Some(r) => (r.method(), r.path(), r.forwarded.client),
                 None => ("-", "-", self.peer),
             };
             access_log(client, method, path, resp.status, bytes, self.started, ctx);

@@ -287,7 +287,7 @@ pub fn valid_host(host: &[u8]) -> bool {
     let port_ok = port.is_none_or(|p| {
         (1..=5).contains(&p.len())
             && p.iter().all(u8::is_ascii_digit)
-            && std::str::from_utf8(p).is_ok_and(|s| s.parse::<u16>().is_ok())
+            && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= u32::from(u16::MAX)
     });
     let bracketed = host.first() == Some(&b'[');
     port_ok && (bracketed || valid_name(name))
@@ -297,14 +297,27 @@ pub fn valid_host(host: &[u8]) -> bool {
 /// 1–63 bytes, at most 253 bytes in all, with an optional final dot.
 fn valid_name(name: &[u8]) -> bool {
     let name = name.strip_suffix(b".").unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split(|&b| b == b'.').all(|label| {
-            (1..=63).contains(&label.len())
-                && label.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-')
-                && label[0] != b'-'
-                && label[label.len() - 1] != b'-'
-        })
+    if name.is_empty() || name.len() > 253 {
+        return false;
+    }
+    // One pass (this runs for every request's Host): the current label's length, and the byte
+    // before this one ('.' at a label's start).
+    let mut label = 0;
+    let mut prev = b'.';
+    for &b in name {
+        match b {
+            b'.' if label == 0 || prev == b'-' => return false,
+            b'.' => label = 0,
+            b'-' if label == 0 => return false,
+            _ if b.is_ascii_alphanumeric() || b == b'-' => label += 1,
+            _ => return false,
+        }
+        if label > 63 {
+            return false;
+        }
+        prev = b;
+    }
+    label > 0 && prev != b'-'
 }
 
 /// The `Host` value without its port, for a redirect: `example.com:8080` → `example.com`,

@@ -304,6 +304,10 @@ fn hosts() {
         "user@example.com",
         "ex%41mple.com",
         "example..com",
+        "example.com..",
+        "a-",
+        "-",
+        ".",
         ".example.com",
         "-example.com",
         "example-.com",
@@ -427,4 +431,42 @@ fn chunked_errors() {
         let err = decode(bad, 100).expect_err(&String::from_utf8_lossy(bad));
         assert_eq!(err.status(), 400, "{:?}", String::from_utf8_lossy(bad));
     }
+}
+
+/// The plain definition `valid_name`'s one-pass loop must agree with.
+fn reference_name(name: &[u8]) -> bool {
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split(|&b| b == b'.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-')
+                && label[0] != b'-'
+                && label[label.len() - 1] != b'-'
+        })
+}
+
+#[test]
+fn valid_name_agrees_with_its_definition_on_every_short_string() {
+    const ALPHABET: &[u8] = b"a-.9_";
+    let mut count = 0;
+    for len in 0..=7u32 {
+        for mut n in 0..ALPHABET.len().pow(len) {
+            let name: Vec<u8> = (0..len)
+                .map(|_| {
+                    let b = ALPHABET[n % ALPHABET.len()];
+                    n /= ALPHABET.len();
+                    b
+                })
+                .collect();
+            assert_eq!(valid_name(&name), reference_name(&name), "{:?}", String::from_utf8_lossy(&name));
+            count += 1;
+        }
+    }
+    assert!(count > 90_000);
+    for long in [vec![b'a'; 63], vec![b'a'; 64], [&[b'a'; 63][..], b".", &[b'b'; 63]].concat()] {
+        assert_eq!(valid_name(&long), reference_name(&long));
+    }
+    let at_limit: Vec<u8> = ["abc"; 63].join(".").into_bytes(); // 251 bytes
+    assert_eq!(valid_name(&at_limit), reference_name(&at_limit));
 }

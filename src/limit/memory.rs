@@ -20,9 +20,11 @@ const SHARDS: usize = 16;
 
 pub struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
-    /// Picks a key's shard. Randomly seeded, like the maps' own hashers, because clients choose
-    /// their keys (addresses) and must not be able to aim every key at one shard.
-    shard_hasher: RandomState,
+    /// Picks a key's shard, mixed with a random per-process seed: clients choose their keys
+    /// (addresses), and must not be able to aim every key at one shard. A seeded bit mixer rather
+    /// than a second SipHash (the map's own hasher stays SipHash, where collisions would cost
+    /// more than a shard's share of the lock): this runs for every request.
+    shard_seed: u64,
     /// Times are kept as milliseconds since this instant.
     epoch: Instant,
     shard_capacity: usize,
@@ -74,7 +76,7 @@ impl MemoryStore {
     pub fn with_capacity(capacity: usize) -> MemoryStore {
         MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            shard_hasher: RandomState::new(),
+            shard_seed: RandomState::new().hash_one(0u8),
             epoch: Instant::now(),
             shard_capacity: capacity.div_ceil(SHARDS).max(1),
         }
@@ -105,8 +107,21 @@ impl MemoryStore {
         self.shards.iter().map(|s| lock(s).map.len()).sum()
     }
 
+    fn shard_index(&self, key: ClientKey) -> usize {
+        let bits = match key {
+            ClientKey::V4(a) => u64::from(a),
+            ClientKey::V6Prefix(p) => p.rotate_left(32) ^ 0x5555_5555, // apart from every IPv4 key
+        };
+        // splitmix64's finalizer: every input bit moves every output bit.
+        let mut x = bits ^ self.shard_seed;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+        (x % SHARDS as u64) as usize
+    }
+
     fn shard(&self, key: ClientKey) -> MutexGuard<'_, Shard> {
-        let index = self.shard_hasher.hash_one(key) as usize % SHARDS;
+        let index = self.shard_index(key);
         lock(&self.shards[index])
     }
 }
@@ -226,7 +241,7 @@ mod tests {
         let short = [(G, Rate { limit: 1, period_secs: 1 })];
         let long = [(G, Rate { limit: 1, period_secs: 3600 })];
         let stays = key(u32::MAX);
-        let shard_of = |k| store.shard_hasher.hash_one(k) as usize % SHARDS;
+        let shard_of = |k| store.shard_index(k);
         let same: Vec<ClientKey> = (0..).map(key).filter(|&k| shard_of(k) == shard_of(stays)).take(8).collect();
         store.hit(stays, &long, t0);
         for &k in &same[..7] {
@@ -239,6 +254,22 @@ mod tests {
         store.hit(same[7], &long, later);
         assert_eq!(store.hit(stays, &long, later)[0].count, 2, "not evicted");
         assert_eq!(lock(&store.shards[shard_of(stays)]).map.len(), 2);
+    }
+
+    #[test]
+    fn neighbouring_addresses_spread_over_all_shards() {
+        let store = MemoryStore::default();
+        for keys in [
+            (0..16_000u32).map(|n| ClientKey::V4(0xC000_0200 + n)).collect::<Vec<_>>(),
+            (0..16_000u64).map(|n| ClientKey::V6Prefix(0x2001_0db8_0000_0000 + n)).collect(),
+            (0..16_000u32).map(|n| ClientKey::V4(n << 16)).collect(),
+        ] {
+            let mut per_shard = [0usize; SHARDS];
+            for k in keys {
+                per_shard[store.shard_index(k)] += 1;
+            }
+            assert!(per_shard.iter().all(|&n| (800..=1200).contains(&n)), "{per_shard:?}");
+        }
     }
 
     #[test]
