@@ -738,22 +738,32 @@ fn check_cidrs(v: &str) {
 
 /// Input: a byte for the number of counters the request touched (0–3), then the bytes of a reply
 /// as a Redis server sends them (RESP2 or RESP3), parsed by the `redis` crate as the limiter
-/// thread's connection does. `parse_reply` accepts exactly `n` ≤ 2 pairs of integers, each a count
-/// ≥ 1 and a TTL ≥ 0, and returns them in order; anything else is an error whose text (which goes
-/// to the log) is short. The decision made from accepted states is consistent with them.
+/// thread's connection does. `parse_reply` accepts exactly a bulk string of `n` ≤ 2 pairs of
+/// decimal numbers separated by single spaces, each a count ≥ 1 and a TTL, and returns them in
+/// order; anything else is an error whose text (which goes to the log) is short. The decision made
+/// from accepted states is consistent with them.
 pub fn redis_reply(data: &[u8]) {
     let [n, resp @ ..] = data else { return };
     let n = usize::from(n % 4);
     let Ok(value) = redis::parse_redis_value(resp) else { return };
     match zayzoon::limit::redis::parse_reply(&value, n) {
         Ok(states) => {
-            let redis::Value::Array(items) = &value else { panic!("accepted {value:?}") };
-            assert!(n <= 2 && items.len() == 2 * n, "{n} counters, {value:?}");
-            for (state, pair) in states.iter().zip(items.chunks(2)) {
-                let [redis::Value::Int(count), redis::Value::Int(ttl)] = pair else { panic!("accepted {pair:?}") };
-                assert!(*count >= 1 && *ttl >= 0, "{pair:?}");
-                assert_eq!((state.count, state.ttl_ms), (*count as u64, *ttl as u64));
+            let redis::Value::BulkString(text) = &value else { panic!("accepted {value:?}") };
+            let text = std::str::from_utf8(text).expect("accepted text is ASCII");
+            let numbers: Vec<u64> = if text.is_empty() {
+                Vec::new()
+            } else {
+                text.split(' ').map(|s| s.parse().expect("accepted a number")).collect()
+            };
+            assert!(n <= 2 && numbers.len() == 2 * n, "{n} counters, {text:?}");
+            for (state, pair) in states.iter().zip(numbers.chunks(2)) {
+                assert!(pair[0] >= 1, "{pair:?}");
+                assert_eq!((state.count, state.ttl_ms), (pair[0], pair[1]));
+                // Written back the way the script writes it, it is the same text.
             }
+            let written: Vec<String> =
+                states[..n].iter().flat_map(|s| [s.count.to_string(), s.ttl_ms.to_string()]).collect();
+            assert_eq!(written.join(" "), text, "canonical form");
             let rate = Rate::per_minute(10);
             let counters = [(CounterId::Global, rate), (CounterId::Status, rate)];
             match Decision::from_states(&counters[..n], &states[..n]) {
