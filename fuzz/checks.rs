@@ -693,10 +693,12 @@ pub fn config_env(data: &[u8]) {
             let summary = c.summary();
             assert!(!summary.contains(char::is_control), "{summary:?}");
             if let Some(url) = &c.redis_url {
+                // Everything up to the last '@' may be userinfo (a password may hold '/', '?' or
+                // '@'), so the redaction hides everything from its first ':' to that '@'.
                 let shown = url.redacted();
-                let authority = shown["redis://".len()..].split('/').next().unwrap();
-                if let Some((userinfo, _)) = authority.rsplit_once('@') {
+                if let Some((userinfo, _)) = shown["redis://".len()..].rsplit_once('@') {
                     assert!(userinfo.ends_with("***"), "{shown}");
+                    assert_eq!(userinfo.matches(':').count(), usize::from(userinfo != "***"), "{shown}");
                 }
                 assert!(summary.contains(&format!("store={shown} ")), "{summary}");
             }

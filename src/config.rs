@@ -282,7 +282,9 @@ fn parse_redis_url(v: &str) -> Option<Option<RedisUrl>> {
     let rest = v.strip_prefix("redis://")?;
     let authority = rest.split('/').next().unwrap_or("");
     let host_port = authority.rsplit('@').next().unwrap_or("");
-    if host_port.is_empty() || !v.is_ascii() || v.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+    // A '#' means nothing to Redis: most likely an unencoded '#' in a password, which a URL parser
+    // would take for the start of a fragment, silently dropping the rest. Say so instead.
+    if host_port.is_empty() || !v.is_ascii() || v.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'#') {
         return None;
     }
     // The rest (port, database number, percent-encoding) is checked by the crate that will use it.
@@ -410,6 +412,8 @@ mod tests {
         rejects("REDIS_URL", "redis://cache:port/0");
         rejects("REDIS_URL", "redis://cache:6379/db");
         rejects("REDIS_URL", "redis://caché:6379");
+        rejects("REDIS_URL", "redis://cache:6379/0#x");
+        rejects("REDIS_URL", "redis://@z6#7w9/is://@z6#2");
     }
 
     #[test]
