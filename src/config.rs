@@ -144,7 +144,7 @@ impl Config {
             redis_url: var("REDIS_URL").parse_with(
                 None,
                 parse_redis_url,
-                "a URL redis://[user:pass@]host[:port][/db]",
+                "a URL redis://[user:pass@]host[:port][/db], with any #, /, ? or @ in the password percent-encoded",
             )?,
             redis_connect_retries: var("REDIS_CONNECT_RETRIES").number(5, 1, 1000, "a number of attempts, 1 to 1000")?
                 as u32,

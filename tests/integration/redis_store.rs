@@ -166,6 +166,24 @@ fn wrong_password_is_a_clear_error_at_once() {
 }
 
 #[test]
+fn a_percent_encoded_password_is_decoded() {
+    // '#', '/', '?' and '@' would end the userinfo or the authority; encoded, they reach AUTH as is.
+    let redis = RedisServer::start(&["--requirepass", "p#ss/w?rd@1"]);
+    let url = format!("redis://:p%23ss%2Fw%3Frd%401@127.0.0.1:{}", redis.port);
+    let server = Server::start(&[("REDIS_URL", &url)]);
+    assert_eq!(server.get("/status").status, 200);
+    let line = server.log_lines("listening on").concat();
+    assert!(line.contains("store=redis://:***@127.0.0.1:"), "{line}");
+    assert!(!line.contains("p%23ss"), "{line}");
+    // Unencoded, the '#' is refused as a config error rather than cutting the password short.
+    let url = format!("redis://:p#ss@127.0.0.1:{}", redis.port);
+    let out = std::process::Command::new(BIN).env_clear().env("REDIS_URL", &url).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("REDIS_URL") && text.contains("percent-encoded") && !text.contains("p#ss"), "{text}");
+}
+
+#[test]
 fn database_out_of_range_is_a_clear_error() {
     let redis = RedisServer::start(&[]);
     let (code, text, _) = startup_failure(&format!("redis://127.0.0.1:{}/99", redis.port), "5");
