@@ -177,7 +177,11 @@ fn a_percent_encoded_password_is_decoded() {
     assert!(!line.contains("p%23ss"), "{line}");
     // Unencoded, the '#' is refused as a config error rather than cutting the password short.
     let url = format!("redis://:p#ss@127.0.0.1:{}", redis.port);
-    let out = std::process::Command::new(BIN).env_clear().env("REDIS_URL", &url).output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .env_clear()
+        .envs([("REDIS_URL", url.as_str()), ("PORT", "0"), ("BIND_ADDR", "127.0.0.1")])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("REDIS_URL") && text.contains("percent-encoded") && !text.contains("p#ss"), "{text}");
