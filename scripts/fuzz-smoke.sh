@@ -5,9 +5,10 @@
 # that libFuzzer reports; the input that did it is left in fuzz/artifacts/<target>/ (ignored by
 # git). See fuzz/README.md for longer runs.
 #
-# The seed is fixed (FUZZ_SEED, default 1), so that CI replays a prefix of the very sequence of
-# inputs a longer local run with the same seed has already been through: a clean clone that passes
-# here passes there. Hunting for new bugs is what long runs with FUZZ_SEED=0 (a random seed) are for.
+# The seed is fixed (FUZZ_SEED, default 1), so that CI replays (for the same code and toolchain)
+# a prefix of the sequence of inputs that a longer local run with the same seed has already been
+# through, instead of a new random one each time. Hunting for new bugs is what long runs with
+# FUZZ_SEED=0 (a random seed) are for.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
