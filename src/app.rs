@@ -39,11 +39,8 @@ impl Request {
         keep_alive: bool,
         forwarded: Forwarded,
     ) -> Request {
-        let parts = http::split_target(target);
-        let host = parts.authority.or(host);
-        // The path starts after `scheme://authority` (absolute-form) or at once, and runs to '?'.
-        let path_start = parts.authority.map_or(0, |a| target.find("://").map_or(0, |i| i + 3) + a.len());
-        let path_end = target[path_start..].find('?').map_or(target.len(), |i| path_start + i);
+        let (authority, (path_start, path_end)) = http::target_parts(target);
+        let host = authority.or(host);
         text.clear();
         text.reserve(method.len() + target.len() + host.map_or(0, str::len)); // one allocation at most
         text.push_str(method);

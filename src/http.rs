@@ -241,19 +241,23 @@ pub struct Target<'a> {
 /// Splits a target into authority, path and query. The scheme of an absolute-form target is
 /// matched without regard to case (RFC 3986 §3.1).
 pub fn split_target(target: &str) -> Target<'_> {
-    let (path_and_query, authority) = match scheme_rest(target) {
+    let (authority, (start, end)) = target_parts(target);
+    let path = if start == end && authority.is_some() { "/" } else { &target[start..end] };
+    Target { authority, path, query: target[end..].strip_prefix('?') }
+}
+
+/// The authority of an absolute-form target, and where the target's path starts and ends (the
+/// query, if any, follows the end): what `split_target` slices, as positions a request can keep.
+pub fn target_parts(target: &str) -> (Option<&str>, (usize, usize)) {
+    let (start, authority) = match scheme_rest(target) {
         Some(rest) => {
             let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            (&rest[end..], Some(&rest[..end]))
+            (target.len() - rest.len() + end, Some(&rest[..end]))
         }
-        None => (target, None),
+        None => (0, None),
     };
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query, None),
-    };
-    let path = if path.is_empty() && authority.is_some() { "/" } else { path };
-    Target { authority, path, query }
+    let end = target[start..].find('?').map_or(target.len(), |i| start + i);
+    (authority, (start, end))
 }
 
 fn scheme_rest(target: &str) -> Option<&str> {
