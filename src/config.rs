@@ -89,7 +89,7 @@ impl fmt::Debug for RedisUrl {
 /// `scheme://user:pass@rest` → `scheme://user:***@rest` (and a lone `token@` → `***@`). Text that
 /// isn't such a URL is shown as `***` whole if it contains an `@` at all: better unhelpful than a
 /// leaked password.
-fn redact_userinfo(url: &str) -> String {
+pub fn redact_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return if url.contains('@') { "***".into() } else { url.to_owned() };
     };
