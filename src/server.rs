@@ -420,8 +420,9 @@ impl Worker {
             return;
         }
         while let Some(listener) = &self.listener {
-            // A connection is served as soon as it is accepted (`add`): once a signal has asked for
-            // the drain, take no more, even before this worker's turn gets to `start_draining`.
+            // A connection joins this worker as soon as it is accepted (`add`): once a signal has
+            // asked for the drain, take no more, even before this worker's turn gets to
+            // `start_draining`.
             if self.shared.draining.load(Ordering::SeqCst) {
                 return;
             }
