@@ -13,14 +13,19 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use zayzoon::config::{Config, MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_HEADERS, MAX_PENDING_OUTPUT, parse_cidr_list};
-use zayzoon::conn::{AfterFlush, Ctx, Session, Settings};
-use zayzoon::http::{self, ChunkedDecoder, Fed, Framing, HttpError, Parse, Version};
-use zayzoon::limit::{Cidr, ClientKey, CounterId, Decision, Limiter, MemoryStore, Policy, Rate, Ticket};
+use zayzoon::config::{Config, VARS, parse_cidr_list};
+use zayzoon::conn::{AfterFlush, Session};
+use zayzoon::http::{self, ChunkedDecoder, Fed, Framing, HttpError, Parse, Target, Version};
+use zayzoon::limit::{Cidr, ClientKey, CounterId, Decision, MemoryStore, Policy, Rate};
+use zayzoon::limits::{MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_HEADERS, MAX_PENDING_OUTPUT};
 use zayzoon::proxy::{self, Scheme};
-use zayzoon::response::Renderer;
+use zayzoon::route::Page;
+
+/// The session harness of `conn`'s unit tests: the same worker's-eye view of a session.
+#[path = "../src/conn/tests/harness.rs"]
+mod harness;
 
 // ---------------------------------------------------------------------------------------------
 // http_head: `http::parse_head`.
@@ -37,6 +42,8 @@ enum Outcome {
 struct HeadInfo {
     method: String,
     target: String,
+    /// The authority of an absolute-form target.
+    authority: Option<String>,
     version: Version,
     headers: Vec<(String, Vec<u8>)>,
     len: usize,
@@ -53,7 +60,8 @@ fn parse(buf: &[u8]) -> Outcome {
         Err(e) => Outcome::Error(e),
         Ok(Parse::Complete(h)) => Outcome::Complete(HeadInfo {
             method: h.method.to_owned(),
-            target: h.target.to_owned(),
+            target: h.target.raw.to_owned(),
+            authority: h.target.authority.map(str::to_owned),
             version: h.version,
             headers: h.headers.iter().map(|f| (f.name.to_owned(), f.value.to_vec())).collect(),
             len: h.len,
@@ -109,11 +117,16 @@ fn check_fields(h: &HeadInfo) {
     let items = |v: &[u8]| -> Vec<Vec<u8>> {
         v.split(|&b| b == b',').map(|i| i.trim_ascii().to_vec()).filter(|i| !i.is_empty()).collect()
     };
+    // The host is an absolute-form target's authority, else the one Host field (RFC 9112 §3.2.2).
     let hosts = named("host");
     match (h.version, hosts.len()) {
-        (Version::Http10, 0) => assert_eq!(h.host, None),
+        (Version::Http10, 0) => assert_eq!(h.host, h.authority),
+        (_, 1) if h.authority.is_some() => assert_eq!(h.host, h.authority),
         (_, 1) => assert_eq!(h.host.as_deref().map(str::as_bytes), Some(&hosts[0].1[..])),
         other => panic!("accepted with {other:?} Host fields"),
+    }
+    if let Some(host) = hosts.first() {
+        assert!(http::valid_host(&host.1), "{host:?}");
     }
     if let Some(host) = &h.host {
         assert!(http::valid_host(host.as_bytes()), "{host:?}");
@@ -149,10 +162,10 @@ fn check_fields(h: &HeadInfo) {
     assert_eq!(h.keep_alive, keep_alive, "Connection: {tokens:?}");
 }
 
-/// What the access log prints of a client's text (`conn::Escaped`) is one printable-ASCII word
+/// What the access log prints of a client's text (`logger::Escaped`) is one printable-ASCII word
 /// with no `"` (which delimits it in the line), and decodes back to exactly the text.
 fn check_escaped(text: &str) {
-    let shown = zayzoon::conn::Escaped(text).to_string();
+    let shown = zayzoon::logger::Escaped(text).to_string();
     assert!(shown.bytes().all(|b| b.is_ascii_graphic() && b != b'"'), "{shown:?}");
     let mut back = Vec::new();
     let mut rest = shown.as_bytes();
@@ -269,59 +282,29 @@ fn encode_chunked(data: &[u8]) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // conn_bytes: `conn::Session`, the whole per-connection state machine, without sockets.
 
-/// The worker side of a session: what `server.rs` gives it, minus the socket.
-struct World {
-    settings: Settings,
-    limiter: Limiter,
-    renderer: Renderer,
-    now: Instant,
-    draining: bool,
-}
-
-/// A fixed wall clock, so that two runs render byte-identical `Date` headers and pages.
-const WALL_MS: i64 = 1_700_000_000_000;
-
-impl World {
-    /// `flags` bits: 0 limiting on (2/minute per endpoint, 5/minute in all); 1 the peer is exempt;
-    /// 2–3 trusted hops; 4 `PUBLIC_HOST`; 5 draining.
-    fn new(flags: u8) -> World {
-        let policy = Policy {
-            enabled: flags & 1 != 0,
-            default: Rate::per_minute(5),
-            endpoint: Rate::per_minute(2),
-            exempt: if flags & 2 != 0 { vec![Cidr::parse("192.0.2.0/24").unwrap()] } else { vec![] },
-        };
-        World {
-            settings: Settings {
-                trusted_proxy_hops: usize::from(flags >> 2 & 3),
-                public_host: (flags & 16 != 0).then(|| "example.com".to_owned()),
-                header_timeout: Duration::from_secs(10),
-                keepalive_timeout: Duration::from_secs(75),
-                access_log: false,
-            },
-            limiter: Limiter::new(Arc::new(policy), Arc::new(MemoryStore::with_capacity(64)), None),
-            renderer: Renderer::new(WALL_MS),
-            now: Instant::now(),
-            draining: flags & 32 != 0,
-        }
-    }
-
-    fn ctx(&mut self) -> Ctx<'_> {
-        Ctx {
-            now: self.now,
-            wall_ms: WALL_MS,
-            settings: &self.settings,
-            limiter: &mut self.limiter,
-            renderer: &self.renderer,
-            draining: self.draining,
-        }
-    }
+/// `flags` bits: 0 limiting on (2/minute per endpoint, 5/minute in all); 1 the peer is exempt;
+/// 2–3 trusted hops; 4 `PUBLIC_HOST`; 5 draining.
+fn world(flags: u8) -> zayzoon::conn::Ctx {
+    let policy = Policy {
+        enabled: flags & 1 != 0,
+        default: Rate::per_minute(5),
+        endpoint: Rate::per_minute(2),
+        exempt: if flags & 2 != 0 { vec![Cidr::parse("192.0.2.0/24").unwrap()] } else { vec![] },
+    };
+    let settings = zayzoon::conn::Settings {
+        trusted_proxy_hops: usize::from(flags >> 2 & 3),
+        public_host: (flags & 16 != 0).then(|| "example.com".to_owned()),
+        ..harness::settings()
+    };
+    let mut ctx = harness::ctx(settings, policy, Arc::new(MemoryStore::with_capacity(64)));
+    ctx.draining = flags & 32 != 0;
+    ctx
 }
 
 /// Most bytes one response takes (the status page with every header is about 2.5 KiB).
 const MAX_RESPONSE: usize = 4096;
 
-/// Input: a flags byte (see `World::new`; bit 6 ends the input with EOF rather than a timeout,
+/// Input: a flags byte (see `world`; bit 6 ends the input with EOF rather than a timeout,
 /// bit 7 makes the peer IPv6), a seed byte for split points and reading pace, then the bytes a
 /// client sends. The same bytes must get the same responses whether they arrive at once, in random
 /// pieces, or to a client that reads its responses a few bytes at a time while it keeps sending
@@ -351,9 +334,8 @@ fn same_output(got: &[u8], want: &[u8], how: &str) {
 /// sending by the seed `slow.1`. Ends with EOF or, when the client neither closes nor sends more,
 /// with the header and keep-alive timeouts passing. Returns every byte the client received.
 fn converse(flags: u8, input: &[u8], cuts: &[usize], slow: Option<(usize, u64)>) -> Vec<u8> {
-    let mut w = World::new(flags);
-    let peer: IpAddr = if flags & 128 != 0 { "2001:db8::1".parse().unwrap() } else { "192.0.2.1".parse().unwrap() };
-    let mut s = Session::new(peer, Ticket { slot: 0, serial: 1 }, &w.ctx());
+    let mut w = world(flags);
+    let mut s: Session = harness::session(if flags & 128 != 0 { "2001:db8::1" } else { "192.0.2.1" }, &w);
     let ends: Vec<usize> = cuts.iter().copied().chain([input.len()]).collect();
     let mut pieces = ends.iter().scan(0, |start, &end| {
         let piece = &input[*start..end];
@@ -374,16 +356,16 @@ fn converse(flags: u8, input: &[u8], cuts: &[usize], slow: Option<(usize, u64)>)
         if pending > 0 && reader_turn {
             let n = slow.map_or(pending, |(pace, _)| pace.min(pending));
             out.extend_from_slice(&s.pending_output()[..n]);
-            s.wrote(n, &w.ctx());
-            s.resume(&mut w.ctx());
+            s.wrote(n);
+            s.resume(&mut w);
             continue;
         }
-        if pending == 0 && s.after_flush(&w.ctx()) == AfterFlush::Close {
+        if pending == 0 && s.after_flush(&w) == AfterFlush::Close {
             break;
         }
         if s.wants_read() {
             if let Some(piece) = pieces.next() {
-                s.receive(piece, &mut w.ctx());
+                s.receive(piece, &mut w);
                 continue;
             }
             if !eof {
@@ -401,7 +383,7 @@ fn converse(flags: u8, input: &[u8], cuts: &[usize], slow: Option<(usize, u64)>)
         // Nothing to read or write: let the deadlines pass (a 408 for a partial request).
         ticks += 1;
         w.now += Duration::from_secs(if ticks == 1 { 10 } else { 75 });
-        s.on_tick(&mut w.ctx());
+        s.on_tick(&mut w);
     }
     assert!(s.pending_output().is_empty() || s.is_closed(), "the loop ended with output left");
     out
@@ -561,7 +543,7 @@ fn header_line(line: &[u8]) -> Option<(String, &[u8])> {
 
 /// A valid `Host` holds only bytes that are safe in a `Location` (letters, digits, `.-:[]`), its
 /// port-less form is a valid prefix of it followed by nothing or `:port`, a redirect built from it
-/// names exactly that host, and a request carrying it parses with it. `split_target` gives parts
+/// names exactly that host, and a request carrying it parses with it. `Target::parse` gives parts
 /// that put together make the target again. A URL `parse_url` accepts is made of its parts, and
 /// the request the health check sends for it parses with our own parser.
 pub fn host(data: &[u8]) {
@@ -573,8 +555,8 @@ pub fn host(data: &[u8]) {
         let port = &s[name.len()..];
         assert!(port.is_empty() || port[1..].parse::<u16>().is_ok() && port.starts_with(':'), "{s:?}");
         let location = format!("https://{name}/p?q");
-        let t = http::split_target(&location);
-        assert_eq!((t.authority, t.path, t.query), (Some(name), "/p", Some("q")));
+        let t = Target::parse("GET", &location).unwrap();
+        assert_eq!((t.authority, t.path(), t.query()), (Some(name), "/p", Some("q")));
         match parse(format!("GET / HTTP/1.1\r\nHost: {s}\r\n\r\n").as_bytes()) {
             Outcome::Complete(h) => assert_eq!(h.host.as_deref(), Some(s)),
             other => panic!("Host {s:?}: {other:?}"),
@@ -602,23 +584,26 @@ pub fn host(data: &[u8]) {
 }
 
 fn check_split_target(s: &str) {
-    let t = http::split_target(s);
-    let query = t.query.map(|q| format!("?{q}")).unwrap_or_default();
-    match t.authority {
-        None => assert_eq!(format!("{}{query}", t.path), s),
-        Some(a) => {
-            assert!(!a.contains(['/', '?', '#']), "{a:?}");
-            let is = |scheme: &str| s.get(..scheme.len()).is_some_and(|p| p.eq_ignore_ascii_case(scheme));
-            let scheme = if is("http://") {
-                7
-            } else if is("https://") {
-                8
-            } else {
-                panic!("{s:?}: no scheme")
-            };
-            let rest = &s[scheme + a.len()..];
-            assert!(rest == format!("{}{query}", t.path) || (t.path == "/" && rest == query), "{s:?} → {t:?}");
-            assert!(!t.path.is_empty());
+    for method in ["GET", "OPTIONS"] {
+        let Ok(t) = Target::parse(method, s) else { continue };
+        let query = t.query().map(|q| format!("?{q}")).unwrap_or_default();
+        assert!(!t.path().is_empty());
+        match t.authority {
+            None => assert_eq!(format!("{}{query}", t.path()), s),
+            Some(a) => {
+                assert!(!a.contains(['/', '?', '#']) && http::valid_host(a.as_bytes()), "{a:?}");
+                let is = |scheme: &str| s.get(..scheme.len()).is_some_and(|p| p.eq_ignore_ascii_case(scheme));
+                let scheme = if is("http://") {
+                    7
+                } else if is("https://") {
+                    8
+                } else {
+                    panic!("{s:?}: no scheme")
+                };
+                let rest = &s[scheme + a.len()..];
+                let path = t.path();
+                assert!(rest == format!("{path}{query}") || (path == "/" && rest == query), "{s:?} → {t:?}");
+            }
         }
     }
 }
@@ -626,28 +611,7 @@ fn check_split_target(s: &str) {
 // ---------------------------------------------------------------------------------------------
 // config_env: `Config::from_lookup`, `Rate::parse`, `Cidr::parse`, `parse_cidr_list`.
 
-const VARS: &[&str] = &[
-    "PORT",
-    "BIND_ADDR",
-    "REDIS_URL",
-    "REDIS_CONNECT_RETRIES",
-    "REDIS_TIMEOUT_MS",
-    "RATE_LIMIT_DEFAULT",
-    "RATE_LIMIT_ENDPOINT",
-    "RATE_LIMIT_ENABLED",
-    "RATE_LIMIT_EXEMPT",
-    "TRUSTED_PROXY_HOPS",
-    "PUBLIC_HOST",
-    "WORKERS",
-    "MAX_CONNECTIONS",
-    "KEEPALIVE_TIMEOUT_S",
-    "HEADER_TIMEOUT_S",
-    "SHUTDOWN_GRACE_S",
-    "LOG_LEVEL",
-    "ACCESS_LOG",
-];
-
-/// Input: NUL-separated entries, each a byte naming the variable (`VARS[b % 18]`, later entries
+/// Input: NUL-separated entries, each a byte naming the variable (`config::VARS[b % len]`, later entries
 /// win) and its value (lossy UTF-8, as `Config::from_env` reads it). Every value also goes through
 /// the rate and CIDR parsers. A config error names a variable that was set, with the value it had,
 /// and prints on one line; an accepted config holds what the variables said, and its startup
@@ -657,7 +621,7 @@ pub fn config_env(data: &[u8]) {
     let mut env: Vec<(&str, String)> = Vec::new();
     for entry in data.split(|&b| b == 0) {
         let Some((&pick, value)) = entry.split_first() else { continue };
-        let name = VARS[usize::from(pick) % VARS.len()];
+        let name = VARS[usize::from(pick) % VARS.len()].name;
         env.retain(|(n, _)| *n != name);
         env.push((name, String::from_utf8_lossy(value).into_owned()));
     }
@@ -673,7 +637,7 @@ pub fn config_env(data: &[u8]) {
                 // A REDIS_URL may hold a password, so its errors show it redacted: whatever came
                 // before the last '@' after "://" ends in `***`, and text with an '@' but no
                 // "://" is `***` whole.
-                assert_eq!(e.value, zayzoon::config::redact_userinfo(&raw), "{e}");
+                assert_eq!(e.value, zayzoon::limit::remote::redact_userinfo(&raw), "{e}");
                 match e.value.split_once("://") {
                     Some((_, rest)) => assert!(rest.rsplit_once('@').is_none_or(|(u, _)| u.ends_with("***")), "{e}"),
                     None => assert!(!raw.contains('@') || e.value == "***", "{e}"),
@@ -687,18 +651,18 @@ pub fn config_env(data: &[u8]) {
         Ok(c) => {
             let set = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
             if let Some(v) = set("RATE_LIMIT_DEFAULT") {
-                assert_eq!(Some(c.rate_limit_default), Rate::parse(v.trim()));
+                assert_eq!(Some(c.policy.default), Rate::parse(v.trim()));
             }
             if let Some(v) = set("RATE_LIMIT_ENDPOINT") {
-                assert_eq!(Some(c.rate_limit_endpoint), Rate::parse(v.trim()));
+                assert_eq!(Some(c.policy.endpoint), Rate::parse(v.trim()));
             }
             if let Some(v) = set("RATE_LIMIT_EXEMPT") {
-                assert_eq!(Some(c.rate_limit_exempt.clone()), parse_cidr_list(v.trim()));
+                assert_eq!(Some(c.policy.exempt.clone()), parse_cidr_list(v.trim()));
             }
-            assert!(c.trusted_proxy_hops <= 32 && c.workers >= 1 && c.max_connections >= 1);
+            assert!(c.session.trusted_proxy_hops <= 32 && c.workers >= 1 && c.max_connections >= 1);
             let summary = c.summary();
             assert!(!summary.contains(char::is_control), "{summary:?}");
-            if let Some(url) = &c.redis_url {
+            if let Some(url) = c.redis.as_ref().map(|r| &r.url) {
                 // Everything up to the last '@' may be userinfo (a password may hold '/', '?' or
                 // '@'), so the redaction hides everything from its first ':' to that '@'.
                 let shown = url.redacted();
@@ -748,7 +712,7 @@ fn check_cidrs(v: &str) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// redis_reply: `limit::redis::parse_reply`, on what the `redis` crate makes of a Redis reply.
+// redis_reply: `limit::remote::parse_reply`, on what the `redis` crate makes of a Redis reply.
 
 /// Input: a byte for the number of counters the request touched (0–3), then the bytes of a reply
 /// as a Redis server sends them (RESP2 or RESP3), parsed by the `redis` crate as the limiter
@@ -760,7 +724,7 @@ pub fn redis_reply(data: &[u8]) {
     let [n, resp @ ..] = data else { return };
     let n = usize::from(n % 4);
     let Ok(value) = redis::parse_redis_value(resp) else { return };
-    match zayzoon::limit::redis::parse_reply(&value, n) {
+    match zayzoon::limit::remote::parse_reply(&value, n) {
         Ok(states) => {
             let redis::Value::BulkString(text) = &value else { panic!("accepted {value:?}") };
             let text = std::str::from_utf8(text).expect("accepted text is ASCII");
@@ -779,7 +743,7 @@ pub fn redis_reply(data: &[u8]) {
                 states[..n].iter().flat_map(|s| [s.count.to_string(), s.ttl_ms.to_string()]).collect();
             assert_eq!(written.join(" "), text, "canonical form");
             let rate = Rate::per_minute(10);
-            let counters = [(CounterId::Global, rate), (CounterId::Status, rate)];
+            let counters = [(CounterId::Global, rate), (CounterId::Page(Page::Status), rate)];
             match Decision::from_states(&counters[..n], &states[..n]) {
                 Decision::Unlimited => assert_eq!(n, 0),
                 Decision::Limited { allowed, remaining, reset_secs, .. } => {

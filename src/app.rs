@@ -4,10 +4,11 @@
 //! Owns: the order of those checks and the `Location` of redirects. Pure: a `Request` and a
 //! limiter `Decision` in, a `Response` out.
 
-use crate::http::{self, Version};
+use crate::http::{self, Head, Target, Version};
 use crate::limit::Decision;
 use crate::proxy::{Forwarded, Scheme};
-use crate::response::{Body, Page, RateHeaders, Response, json_error};
+use crate::response::{Body, RateHeaders, Response, json_error};
+use crate::route::Page;
 
 /// What we keep of a request once its head is parsed: owned, so that it can wait for a limiter
 /// decision while the input buffer moves on. Its text lives in one `String` that a connection
@@ -19,28 +20,19 @@ pub struct Request {
     method_end: usize,
     target_end: usize,
     has_host: bool,
-    /// Where the path lies in `text` (empty: an absolute-form target without one, meaning `/`).
-    path: (usize, usize),
+    /// Where the path lies in the target (see `http::Target`).
+    span: (usize, usize),
+    /// The page the path names, if any: routing and the limiter's endpoint counters both read it.
+    pub page: Option<Page>,
     pub version: Version,
     pub keep_alive: bool,
     pub forwarded: Forwarded,
 }
 
 impl Request {
-    /// A request for `method` and `target` (validated by `http::parse_head`), written into `text`
-    /// (cleared first). Its host is the authority of an absolute-form target (RFC 9112 §3.2.2: it
-    /// takes precedence), else `host`, the validated `Host` field.
-    pub fn new(
-        mut text: String,
-        method: &str,
-        target: &str,
-        host: Option<&str>,
-        version: Version,
-        keep_alive: bool,
-        forwarded: Forwarded,
-    ) -> Request {
-        let (authority, (path_start, path_end)) = http::target_parts(target);
-        let host = authority.or(host);
+    /// The request `head` describes, written into `text` (cleared first).
+    pub fn new(mut text: String, head: &Head<'_, '_>, forwarded: Forwarded) -> Request {
+        let (method, target, host) = (head.method, head.target.raw, head.host);
         text.clear();
         text.reserve(method.len() + target.len() + host.map_or(0, str::len)); // one allocation at most
         text.push_str(method);
@@ -50,10 +42,11 @@ impl Request {
             method_end: method.len(),
             target_end: method.len() + target.len(),
             has_host: host.is_some(),
-            path: (method.len() + path_start, method.len() + path_end),
+            span: head.target.span,
+            page: Page::of(head.target.path()),
             text,
-            version,
-            keep_alive,
+            version: head.version,
+            keep_alive: head.keep_alive,
             forwarded,
         }
     }
@@ -67,9 +60,8 @@ impl Request {
         &self.text[..self.method_end]
     }
 
-    /// The target as sent.
-    pub fn target(&self) -> &str {
-        &self.text[self.method_end..self.target_end]
+    fn target(&self) -> Target<'_> {
+        Target { raw: &self.text[self.method_end..self.target_end], authority: None, span: self.span }
     }
 
     pub fn host(&self) -> Option<&str> {
@@ -78,13 +70,12 @@ impl Request {
 
     /// The path, compared byte for byte by routing (no percent-decoding).
     pub fn path(&self) -> &str {
-        let (start, end) = self.path;
-        if start == end { "/" } else { &self.text[start..end] }
+        self.target().path()
     }
 
     /// What follows the path's `?`, if anything does.
     pub fn query(&self) -> Option<&str> {
-        self.target()[self.path.1 - self.method_end..].strip_prefix('?')
+        self.target().query()
     }
 
     fn is_get_or_head(&self) -> bool {
@@ -107,9 +98,9 @@ fn route(req: &Request, decision: Decision, public_host: Option<&str>) -> Respon
         return Response::new(429, Body::Json(json_error(429, &format!("Rate limit exceeded: {rate}"))));
     }
     let path = req.path();
-    // `/health` is never redirected: the ALB checks it over plain HTTP. A target that is not a path
-    // (`OPTIONS *`) has nothing to redirect to.
-    if req.forwarded.scheme == Some(Scheme::Http) && path != "/health" && path.starts_with('/') {
+    // A target that is not a path (`OPTIONS *`) has nothing to redirect to.
+    let redirects = req.page.is_none_or(Page::redirects) && path.starts_with('/');
+    if req.forwarded.scheme == Some(Scheme::Http) && redirects {
         let Some(host) = public_host.or(req.host().map(http::host_without_port)) else {
             // No host to send the client to (HTTP/1.0 without Host, no PUBLIC_HOST).
             return Response::error(400);
@@ -123,15 +114,11 @@ fn route(req: &Request, decision: Decision, public_host: Option<&str>) -> Respon
         let status = if req.is_get_or_head() { 301 } else { 308 };
         return Response { location: Some(location), ..Response::new(status, Body::Empty) };
     }
-    let page = match path {
-        "/status" => Page::Status,
-        "/health" => Page::Health,
-        _ => return Response::error(404),
-    };
-    if !req.is_get_or_head() {
-        return Response { allow: true, ..Response::error(405) };
+    match req.page {
+        None => Response::error(404),
+        Some(_) if !req.is_get_or_head() => Response { allow: true, ..Response::error(405) },
+        Some(page) => Response::new(200, Body::Page(page)),
     }
-    Response::new(200, Body::Page(page))
 }
 
 /// Copies `s` (a validated target part: visible ASCII and UTF-8) into a `Location`, percent-encoding
@@ -152,9 +139,22 @@ mod tests {
     use crate::limit::Rate;
     use crate::response::Connection;
 
-    fn req_to(method: &str, target: &str, scheme: Option<Scheme>, host: Option<&str>) -> Request {
+    /// The request that `method target` with `host` (HTTP/1.0 without a Host when `None`) parses to.
+    fn request(text: String, method: &str, target: &str, scheme: Option<Scheme>, host: Option<&str>) -> Request {
+        let raw = match host {
+            Some(h) => format!("{method} {target} HTTP/1.1\r\nHost: {h}\r\n\r\n"),
+            None => format!("{method} {target} HTTP/1.0\r\n\r\n"),
+        };
+        let mut headers = http::empty_headers();
+        let Ok(http::Parse::Complete(head)) = http::parse_head(raw.as_bytes(), &mut headers) else {
+            panic!("{raw:?} does not parse")
+        };
         let forwarded = Forwarded { client: "203.0.113.9".parse().unwrap(), scheme };
-        Request::new(String::new(), method, target, host, Version::Http11, true, forwarded)
+        Request::new(text, &head, forwarded)
+    }
+
+    fn req_to(method: &str, target: &str, scheme: Option<Scheme>, host: Option<&str>) -> Request {
+        request(String::new(), method, target, scheme, host)
     }
 
     fn req(method: &str, target: &str, scheme: Option<Scheme>) -> Request {
@@ -162,7 +162,7 @@ mod tests {
     }
 
     #[test]
-    fn request_parts_agree_with_split_target() {
+    fn request_parts_agree_with_the_parsed_target() {
         for target in [
             "/",
             "/status",
@@ -173,23 +173,23 @@ mod tests {
             "http://h?q",
             "HTTPS://h:1/p/q?r=s",
             "http://h/",
-            "http://h#frag",
-            "/caf\u{e9}?\u{e9}",
+            "http://h/health",
         ] {
-            let r = req_to("GET", target, None, Some("host.example"));
-            let t = http::split_target(target);
-            assert_eq!(r.method(), "GET");
-            assert_eq!(r.target(), target);
-            assert_eq!(r.path(), t.path, "{target}");
-            assert_eq!(r.query(), t.query, "{target}");
+            let r = req_to("OPTIONS", target, None, Some("host.example"));
+            let t = Target::parse("OPTIONS", target).unwrap();
+            assert_eq!(r.method(), "OPTIONS");
+            assert_eq!(r.target().raw, target);
+            assert_eq!(r.path(), t.path(), "{target}");
+            assert_eq!(r.query(), t.query(), "{target}");
+            assert_eq!(r.page, Page::of(t.path()), "{target}");
             assert_eq!(r.host(), Some(t.authority.unwrap_or("host.example")), "{target}");
         }
         assert_eq!(req_to("GET", "/x", None, None).host(), None);
         // The buffer is reused: a longer request and then a shorter one in the same String.
         let long = req_to("OPTIONS", "/a/very/long/target?with=query", None, Some("h")).into_text();
         let capacity = long.capacity();
-        let short = Request::new(long, "GET", "/", Some("h"), Version::Http11, true, req("GET", "/", None).forwarded);
-        assert_eq!((short.method(), short.target(), short.host()), ("GET", "/", Some("h")));
+        let short = request(long, "GET", "/", None, Some("h"));
+        assert_eq!((short.method(), short.target().raw, short.host()), ("GET", "/", Some("h")));
         assert_eq!(short.into_text().capacity(), capacity);
     }
 
@@ -209,9 +209,10 @@ mod tests {
 
     #[test]
     fn not_found_compares_bytes() {
-        for path in ["/", "/st%61tus", "/status/", "/STATUS", "/health.html", "/favicon.ico", "*"] {
+        for path in ["/", "/st%61tus", "/status/", "/STATUS", "/health.html", "/favicon.ico"] {
             assert_eq!(get(path).status, 404, "{path}");
         }
+        assert_eq!(respond(&req("OPTIONS", "*", None), Decision::Unlimited, None).status, 404);
     }
 
     #[test]

@@ -30,10 +30,6 @@ const WEEKDAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
 const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
 impl UtcTime {
-    pub fn now() -> UtcTime {
-        UtcTime::from_unix_millis(unix_millis_now())
-    }
-
     pub fn from_unix_millis(ms: i64) -> UtcTime {
         let secs = ms.div_euclid(1000);
         let days = secs.div_euclid(86_400);

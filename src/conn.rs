@@ -5,18 +5,22 @@
 //! discarded, per-connection deadlines, backpressure (no reading while `MAX_PENDING_OUTPUT` bytes
 //! wait to be written), and closing (lingering after errors). Does not own: parsing (`http`),
 //! the answer (`app`), or the poll loop (`server`).
+//!
+//! The shape is darkhttpd's: one `State` enum whose variants carry what that state needs, and one
+//! handler per state (`on_idle`, `on_head`, `on_body`) that says what happens next (`Step`).
 
 use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, Shutdown};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::Interest;
 
 use crate::app::{self, Request};
-use crate::clock::UtcTime;
-use crate::config::{LINGER, MAX_PENDING_OUTPUT};
 use crate::http::{self, ChunkedDecoder, Framing, HttpError, Parse, Version};
-use crate::limit::{Check, CheckId, Decision, Limiter, Ticket};
+use crate::limit::{Check, Decision, Limiter};
+use crate::limits::{LINGER, MAX_PENDING_OUTPUT, TURN_BUDGET};
+use crate::logger::{self, Access};
 use crate::proxy;
 use crate::response::{Connection, Renderer, Response};
 
@@ -27,34 +31,37 @@ pub struct Settings {
     pub public_host: Option<String>,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
-    pub access_log: bool,
 }
 
-/// What a session may use while handling an event: the worker's clock reading for this loop turn,
-/// its limiter handle and its response cache.
-pub struct Ctx<'a> {
+/// What a session may use while handling an event: owned by its worker, which sets the clock
+/// reading once per loop turn.
+pub struct Ctx {
     pub now: Instant,
     pub wall_ms: i64,
-    pub settings: &'a Settings,
-    pub limiter: &'a mut Limiter,
-    pub renderer: &'a Renderer,
+    pub settings: Arc<Settings>,
+    pub limiter: Limiter,
+    pub renderer: Renderer,
     /// Shutting down: every response says `Connection: close`.
     pub draining: bool,
 }
 
-/// Where a connection is in its request/response cycle.
+/// Where a connection is in its request/response cycle. `Session::deadline` is when each state
+/// times out.
 #[derive(Debug)]
 enum State {
     /// Between requests: nothing of the next one received yet. Deadline: the header timeout for a
-    /// new connection, the keep-alive timeout after a response.
+    /// new connection, the keep-alive timeout after a response (closed silently when it passes).
     Idle,
-    /// Part of a request head received. Deadline: header timeout from its first byte.
+    /// Part of a request head received. Deadline: the header timeout from its first byte (408).
     Head,
-    /// Reading and discarding a request body; the request is answered when it ends.
+    /// Reading and discarding a request body; the request is answered when it ends. Deadline: as
+    /// for `Head`.
     Body { req: Request, left: BodyLeft },
-    /// Waiting for a remote limiter's decision (it answers within `REDIS_TIMEOUT_MS`).
-    Deciding { req: Request },
+    /// Waiting for a remote limiter's decision (it answers within `REDIS_TIMEOUT_MS`; past the
+    /// header timeout it is broken: 500). `linger`: close this way after the answer.
+    Deciding { req: Request, linger: bool },
     /// A final response is queued: once it is written, close (lingering first if `linger`).
+    /// Deadline: the keep-alive timeout, for the client to read it.
     Closing { linger: bool },
     /// Response written, our side shut: discarding input until the client closes or `LINGER` ends.
     Lingering,
@@ -68,6 +75,27 @@ enum BodyLeft {
     Chunked(ChunkedDecoder),
 }
 
+/// What a state's handler did with the input it was shown.
+enum Step {
+    /// Used this many bytes (maybe none, after a change of state): go on with the rest.
+    Used(usize),
+    /// Can't use the rest yet (a partial head, a pending decision, a full output buffer): keep it.
+    Wait,
+    /// Nothing after this will be answered: drop the rest.
+    Discard,
+}
+
+/// How a queued response leaves the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    KeepOpen,
+    Close,
+    /// Close, but first read and discard for a while: the client may still be sending bytes we
+    /// did not read (a body we refused), and closing on them would reset the connection before
+    /// it reads our response.
+    Linger,
+}
+
 /// What to do with the socket once the queued output is written.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AfterFlush {
@@ -79,9 +107,8 @@ pub enum AfterFlush {
 /// The protocol side of one connection.
 pub struct Session {
     peer: IpAddr,
-    ticket: Ticket,
-    /// Requests dispatched on this connection so far; numbers each limiter check.
-    requests: u64,
+    /// Names this connection to the limiter (see `Limiter::check`); chosen by the worker.
+    waiter: u64,
     state: State,
     /// Input not yet processed: a partial head, or requests held back by backpressure or a pending
     /// decision. Empty (and unallocated) most of the time.
@@ -91,76 +118,40 @@ pub struct Session {
     written: usize,
     /// When the current state times out.
     deadline: Instant,
-    /// Set while output is pending: when a client that is not reading gets closed.
-    write_deadline: Option<Instant>,
     /// When the current request's first byte arrived, for the access log.
     started: Instant,
-    /// Processing stopped with input left over (backpressure or a pending decision).
-    stalled: bool,
-    /// The client closed its sending side.
+    /// The client closed its sending side: answer what it completed, then close.
     peer_closed: bool,
-    /// The current request's body will not be read (Expect: 100-continue answered at once).
-    skip_body: bool,
     /// The last request's text buffer, for the next one (see `app::Request`).
     spare_text: String,
 }
 
 impl Session {
-    pub fn new(peer: IpAddr, ticket: Ticket, ctx: &Ctx<'_>) -> Session {
+    pub fn new(peer: IpAddr, waiter: u64, ctx: &Ctx) -> Session {
         Session {
             peer: peer.to_canonical(),
-            ticket,
-            requests: 0,
+            waiter,
             state: State::Idle,
             input: Vec::new(),
             output: Vec::new(),
             written: 0,
             deadline: ctx.now + ctx.settings.header_timeout,
-            write_deadline: None,
             started: ctx.now,
-            stalled: false,
             peer_closed: false,
-            skip_body: false,
             spare_text: String::new(),
         }
     }
 
     /// Takes bytes from the client and handles every complete request in them.
-    pub fn receive(&mut self, data: &[u8], ctx: &mut Ctx<'_>) {
-        if matches!(self.state, State::Lingering | State::Closing { .. } | State::Closed) {
-            return; // Discarded: nothing more will be answered on this connection.
-        }
-        if self.input.is_empty() {
-            // The usual case: process straight from the caller's buffer, keep only the leftover.
-            let used = self.process(data, ctx);
-            self.input.extend_from_slice(&data[used..]);
-        } else {
-            let mut buf = std::mem::take(&mut self.input);
-            buf.extend_from_slice(data);
-            let used = self.process(&buf, ctx);
-            buf.drain(..used);
-            self.input = buf;
-        }
-        self.settle();
+    pub fn receive(&mut self, data: &[u8], ctx: &mut Ctx) {
+        if !matches!(self.state, State::Lingering | State::Closing { .. } | State::Closed) {
+            self.feed(data, ctx);
+        } // else discarded: nothing more will be answered on this connection.
     }
 
-    /// Goes on with input held back earlier, if what held it back is gone.
-    pub fn resume(&mut self, ctx: &mut Ctx<'_>) {
-        if !self.stalled
-            || self.pending_output().len() >= MAX_PENDING_OUTPUT
-            || matches!(self.state, State::Deciding { .. })
-        {
-            return;
-        }
-        self.stalled = false;
-        let mut buf = std::mem::take(&mut self.input);
-        let used = self.process(&buf, ctx);
-        buf.drain(..used);
-        if buf.is_empty() {
-            buf = Vec::new(); // Give back the memory: idle connections hold no buffers.
-        }
-        self.input = buf;
-        self.settle();
+    /// Goes on with input held back earlier, now that output has drained or a decision came.
+    pub fn resume(&mut self, ctx: &mut Ctx) {
+        self.feed(&[], ctx);
     }
 
     /// The client sent EOF: answer what is complete, then close.
@@ -172,38 +163,37 @@ impl Session {
         self.settle();
     }
 
-    /// A remote limiter's answer for check `id`; stale answers (for an earlier request, or a
-    /// closed connection whose slot was reused) are ignored.
-    pub fn on_decision(&mut self, id: CheckId, decision: Decision, ctx: &mut Ctx<'_>) {
-        if id != self.check_id() || !matches!(self.state, State::Deciding { .. }) {
+    /// The limiter's answer for the request this session waits on.
+    pub fn on_decision(&mut self, decision: Decision, ctx: &mut Ctx) {
+        if !matches!(self.state, State::Deciding { .. }) {
             return;
         }
-        if let State::Deciding { req } = std::mem::replace(&mut self.state, State::Idle) {
-            self.answer(req, decision, ctx);
+        if let State::Deciding { req, linger } = std::mem::replace(&mut self.state, State::Idle) {
+            self.answer(req, decision, linger, ctx);
         }
         self.resume(ctx);
     }
 
-    /// Checks deadlines. Idle connections close silently; a late request gets 408.
-    pub fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
-        if self.write_deadline.is_some_and(|d| ctx.now >= d) {
-            log::debug!("closing connection from {}: client not reading its responses", self.peer);
-            self.state = State::Closed;
-            return;
-        }
+    /// Checks the deadline. Idle connections close silently; a late request gets 408.
+    pub fn on_tick(&mut self, ctx: &mut Ctx) {
         if ctx.now < self.deadline {
             return;
         }
         match std::mem::replace(&mut self.state, State::Closed) {
             State::Head => self.fail(HttpError::Timeout, None, ctx),
             State::Body { req, .. } => self.fail(HttpError::Timeout, Some(&req), ctx),
-            State::Deciding { req } => {
+            State::Deciding { req, .. } => {
                 // The limiter promised an answer long before this: it is broken, not slow.
                 log::error!("no limiter decision for a request from {}", req.forwarded.client);
-                self.queue(Some(&req), Response::error(500), true, ctx);
+                self.queue(Some(&req), Response::error(500), End::Close, ctx);
             }
-            // Idle, or a close/linger that ran out of time.
-            _ => {}
+            // Idle (or a client that stopped reading what we queued), or a close or a linger
+            // that ran out of time.
+            State::Idle | State::Closing { .. } | State::Lingering | State::Closed => {
+                if !self.pending_output().is_empty() {
+                    log::debug!("closing connection from {}: client not reading its responses", self.peer);
+                }
+            }
         }
     }
 
@@ -220,9 +210,7 @@ impl Session {
     pub fn wants_read(&self) -> bool {
         match self.state {
             State::Lingering => true,
-            State::Idle | State::Head | State::Body { .. } => {
-                !self.peer_closed && !self.stalled && self.pending_output().len() < MAX_PENDING_OUTPUT
-            }
+            State::Idle | State::Head | State::Body { .. } => !self.peer_closed && !self.output_full(),
             State::Deciding { .. } | State::Closing { .. } | State::Closed => false,
         }
     }
@@ -231,15 +219,16 @@ impl Session {
         &self.output[self.written..]
     }
 
+    fn output_full(&self) -> bool {
+        self.pending_output().len() >= MAX_PENDING_OUTPUT
+    }
+
     /// Records that `n` bytes of the pending output were written.
-    pub fn wrote(&mut self, n: usize, ctx: &Ctx<'_>) {
+    pub fn wrote(&mut self, n: usize) {
         self.written += n;
         if self.written >= self.output.len() {
             self.output.clear();
             self.written = 0;
-            self.write_deadline = None;
-        } else {
-            self.write_deadline = Some(ctx.now + ctx.settings.keepalive_timeout);
         }
     }
 
@@ -259,7 +248,7 @@ impl Session {
     }
 
     /// Called once everything queued is written.
-    pub fn after_flush(&mut self, ctx: &Ctx<'_>) -> AfterFlush {
+    pub fn after_flush(&mut self, ctx: &Ctx) -> AfterFlush {
         if !self.pending_output().is_empty() {
             return AfterFlush::KeepOpen;
         }
@@ -277,204 +266,177 @@ impl Session {
         }
     }
 
-    /// Handles requests from the start of `buf`; returns how many bytes were used.
-    fn process(&mut self, buf: &[u8], ctx: &mut Ctx<'_>) -> usize {
-        let mut pos = 0;
-        loop {
-            let rest = &buf[pos..];
-            if rest.is_empty() {
-                return pos;
+    /// The one path for input: `data` after whatever was held back, processed as far as it goes;
+    /// the rest is kept for later.
+    fn feed(&mut self, data: &[u8], ctx: &mut Ctx) {
+        if self.input.is_empty() {
+            // The usual case: process straight from the caller's buffer, keep only the leftover.
+            let used = self.process(data, ctx);
+            self.input.extend_from_slice(&data[used..]);
+        } else {
+            let mut buf = std::mem::take(&mut self.input);
+            buf.extend_from_slice(data);
+            let used = self.process(&buf, ctx);
+            buf.drain(..used);
+            if buf.is_empty() {
+                buf = Vec::new(); // Give back the memory: idle connections hold no buffers.
             }
-            if self.pending_output().len() >= MAX_PENDING_OUTPUT || matches!(self.state, State::Deciding { .. }) {
-                self.stalled = true;
-                return pos;
-            }
-            match &mut self.state {
-                State::Idle | State::Head => {
-                    if matches!(self.state, State::Idle) {
-                        self.state = State::Head;
-                        self.deadline = ctx.now + ctx.settings.header_timeout;
-                        self.started = ctx.now;
-                    }
-                    match self.read_head(rest, ctx) {
-                        Some(used) => pos += used,
-                        None if matches!(self.state, State::Closing { .. }) => return buf.len(),
-                        None => return pos,
-                    }
-                }
-                State::Body { left: BodyLeft::Length(left), .. } => {
-                    let take = (*left).min(rest.len() as u64);
-                    *left -= take;
-                    pos += take as usize;
-                    if *left == 0 {
-                        self.body_done(ctx);
-                    }
-                }
-                State::Body { left: BodyLeft::Chunked(decoder), .. } => match decoder.feed(rest) {
-                    Ok(fed) => {
-                        pos += fed.consumed;
-                        if fed.done {
-                            self.body_done(ctx);
-                        }
-                    }
-                    Err(e) => {
-                        if let State::Body { req, .. } = std::mem::replace(&mut self.state, State::Closed) {
-                            self.fail(e, Some(&req), ctx);
-                        }
-                        return buf.len();
-                    }
-                },
-                State::Deciding { .. } => return pos,
-                // Closing: nothing after the last response is answered.
-                State::Closing { .. } | State::Lingering | State::Closed => return buf.len(),
-            }
+            self.input = buf;
         }
+        self.settle();
     }
 
-    /// Parses a head at the start of `buf`. Returns the bytes used, or `None` when it needs more
-    /// (or failed, in which case the connection is closing).
-    fn read_head(&mut self, buf: &[u8], ctx: &mut Ctx<'_>) -> Option<usize> {
+    /// Handles requests from the start of `buf`; returns how many bytes were used.
+    fn process(&mut self, buf: &[u8], ctx: &mut Ctx) -> usize {
+        let mut pos = 0;
+        while pos < buf.len() {
+            let rest = &buf[pos..];
+            let step = match &self.state {
+                _ if self.output_full() => Step::Wait,
+                State::Idle => self.on_idle(ctx),
+                State::Head => self.on_head(rest, ctx),
+                State::Body { .. } => self.on_body(rest, ctx),
+                State::Deciding { .. } => Step::Wait,
+                // Nothing after the last response is answered.
+                State::Closing { .. } | State::Lingering | State::Closed => Step::Discard,
+            };
+            match step {
+                Step::Used(n) => pos += n,
+                Step::Wait => return pos,
+                Step::Discard => return buf.len(),
+            }
+        }
+        pos
+    }
+
+    /// A request's first byte: its clocks start.
+    fn on_idle(&mut self, ctx: &Ctx) -> Step {
+        self.state = State::Head;
+        self.deadline = ctx.now + ctx.settings.header_timeout;
+        self.started = ctx.now;
+        Step::Used(0)
+    }
+
+    /// Parses a head at the start of `buf`, and dispatches the request or starts on its body.
+    fn on_head(&mut self, buf: &[u8], ctx: &mut Ctx) -> Step {
         let mut headers = http::empty_headers();
         let head = match http::parse_head(buf, &mut headers) {
             Ok(Parse::Complete(head)) => head,
-            Ok(Parse::Partial) => return None,
+            Ok(Parse::Partial) => return Step::Wait,
             Err(e) => {
                 self.fail(e, None, ctx);
-                return None;
+                return Step::Discard;
             }
         };
         let forwarded = proxy::resolve(self.peer, ctx.settings.trusted_proxy_hops, head.headers);
-        let text = std::mem::take(&mut self.spare_text);
-        let mut req = Request::new(text, head.method, head.target, head.host, head.version, head.keep_alive, forwarded);
-        let used = head.len;
+        let mut req = Request::new(std::mem::take(&mut self.spare_text), &head, forwarded);
         match head.framing {
-            Framing::None => self.dispatch(req, ctx),
+            Framing::None => self.dispatch(req, false, ctx),
             _ if head.expect_continue => {
                 // The client waits for "100 Continue" before sending a body that no route takes:
                 // answer now instead, and close, since the body's bytes may or may not follow.
                 req.keep_alive = false;
-                self.skip_body = true;
-                self.dispatch(req, ctx);
+                self.dispatch(req, true, ctx);
             }
             Framing::Length(n) => self.state = State::Body { req, left: BodyLeft::Length(n) },
             Framing::Chunked => self.state = State::Body { req, left: BodyLeft::Chunked(ChunkedDecoder::default()) },
         }
-        Some(used)
+        Step::Used(head.len)
     }
 
-    fn body_done(&mut self, ctx: &mut Ctx<'_>) {
-        if let State::Body { req, .. } = std::mem::replace(&mut self.state, State::Idle) {
-            self.dispatch(req, ctx);
+    /// Reads and discards body bytes at the start of `buf`; dispatches the request at the end.
+    fn on_body(&mut self, buf: &[u8], ctx: &mut Ctx) -> Step {
+        let State::Body { left, .. } = &mut self.state else { return Step::Wait };
+        let (used, done) = match left {
+            BodyLeft::Length(left) => {
+                let take = (*left).min(buf.len() as u64);
+                *left -= take;
+                (take as usize, *left == 0)
+            }
+            BodyLeft::Chunked(decoder) => match decoder.feed(buf) {
+                Ok(fed) => (fed.consumed, fed.done),
+                Err(e) => {
+                    if let State::Body { req, .. } = std::mem::replace(&mut self.state, State::Closed) {
+                        self.fail(e, Some(&req), ctx);
+                    }
+                    return Step::Discard;
+                }
+            },
+        };
+        if done && let State::Body { req, .. } = std::mem::replace(&mut self.state, State::Idle) {
+            self.dispatch(req, false, ctx);
         }
-    }
-
-    fn check_id(&self) -> CheckId {
-        CheckId { conn: self.ticket, request: self.requests }
+        Step::Used(used)
     }
 
     /// Asks the limiter about `req`, and answers it now or once the decision arrives.
-    fn dispatch(&mut self, req: Request, ctx: &mut Ctx<'_>) {
-        self.requests += 1;
-        match ctx.limiter.check(req.forwarded.client, req.path(), self.check_id(), ctx.now) {
-            Check::Ready(decision) => self.answer(req, decision, ctx),
+    fn dispatch(&mut self, req: Request, linger: bool, ctx: &mut Ctx) {
+        match ctx.limiter.check(req.forwarded.client, req.page, self.waiter, ctx.now) {
+            Check::Ready(decision) => self.answer(req, decision, linger, ctx),
             Check::Pending => {
-                self.state = State::Deciding { req };
+                self.state = State::Deciding { req, linger };
                 self.deadline = ctx.now + ctx.settings.header_timeout;
             }
         }
     }
 
-    fn answer(&mut self, req: Request, decision: Decision, ctx: &mut Ctx<'_>) {
+    fn answer(&mut self, req: Request, decision: Decision, linger: bool, ctx: &mut Ctx) {
         let resp = app::respond(&req, decision, ctx.settings.public_host.as_deref());
         // A 400 from `app` (nowhere to redirect to) is about a malformed request too.
         let close = !req.keep_alive || ctx.draining || self.peer_closed || resp.status == 400;
-        self.queue(Some(&req), resp, close, ctx);
+        let end = match (close, linger) {
+            (false, _) => End::KeepOpen,
+            (true, false) => End::Close,
+            (true, true) => End::Linger,
+        };
+        self.queue(Some(&req), resp, end, ctx);
         self.spare_text = req.into_text();
     }
 
-    /// Answers an unusable request (or a timed-out one) with its error and closes.
-    fn fail(&mut self, e: HttpError, req: Option<&Request>, ctx: &mut Ctx<'_>) {
+    /// Answers an unusable request (or a timed-out one) with its error, and closes lingering:
+    /// whatever the client sends next is unread.
+    fn fail(&mut self, e: HttpError, req: Option<&Request>, ctx: &mut Ctx) {
         log::debug!("{}: {e}", req.map_or(self.peer, |r| r.forwarded.client));
-        self.skip_body = true; // Whatever the client sends next is unread: linger before closing.
-        self.queue(req, Response::error(e.status()), true, ctx);
+        self.queue(req, Response::error(e.status()), End::Linger, ctx);
     }
 
     /// Writes the response to `req` (`None`: to input that never became a request) into the
     /// output, logs it, and moves to the next state.
-    fn queue(&mut self, req: Option<&Request>, mut resp: Response, close: bool, ctx: &mut Ctx<'_>) {
+    fn queue(&mut self, req: Option<&Request>, mut resp: Response, end: End, ctx: &mut Ctx) {
         resp.connection = match req {
-            _ if close => Connection::Close,
+            _ if end != End::KeepOpen => Connection::Close,
             // HTTP/1.0 closes by default, so keeping the connection must be said.
             Some(r) if r.version == Version::Http10 => Connection::KeepAlive,
             _ => Connection::Default,
         };
         let bytes = ctx.renderer.write(&resp, &mut self.output);
-        if ctx.settings.access_log {
-            let (method, path, client) = match req {
-                Some(r) => (r.method(), r.path(), r.forwarded.client),
-                None => ("-", "-", self.peer),
-            };
-            access_log(client, method, path, resp.status, bytes, self.started, ctx);
-        }
-        if close {
-            self.state = State::Closing { linger: self.skip_body };
-            // Now a send timeout: the client has this long to read what is queued.
-            self.deadline = ctx.now + ctx.settings.keepalive_timeout;
-        } else {
-            self.state = State::Idle;
-            self.deadline = ctx.now + ctx.settings.keepalive_timeout;
-        }
+        let (method, path, client) = match req {
+            Some(r) => (r.method(), r.path(), r.forwarded.client),
+            None => ("-", "-", self.peer),
+        };
+        let duration_us = Instant::now().saturating_duration_since(self.started).as_micros() as u64;
+        let status = resp.status;
+        logger::access(&Access { unix_ms: ctx.wall_ms, client, method, path, status, bytes, duration_us });
+        self.state = match end {
+            End::KeepOpen => State::Idle,
+            End::Close => State::Closing { linger: false },
+            End::Linger => State::Closing { linger: true },
+        };
+        // Idle: the keep-alive timeout. Closing: the client has this long to read what is queued.
+        self.deadline = ctx.now + ctx.settings.keepalive_timeout;
     }
 
     /// After input was handled: a client that closed its side gets no more requests answered
-    /// than those it completed.
+    /// than those it completed. (Input held back by a full output buffer may still hold some.)
     fn settle(&mut self) {
-        if self.peer_closed && !self.stalled && matches!(self.state, State::Idle | State::Head | State::Body { .. }) {
+        if self.peer_closed
+            && !self.output_full()
+            && matches!(self.state, State::Idle | State::Head | State::Body { .. })
+        {
             self.input = Vec::new();
             self.state = State::Closing { linger: false };
         }
     }
-}
-
-/// One access-log line: time, client, method, path, status, bytes, duration. Everything from the
-/// client is escaped, so no request can forge a log line.
-fn access_log(client: IpAddr, method: &str, path: &str, status: u16, bytes: usize, started: Instant, ctx: &Ctx<'_>) {
-    let micros = Instant::now().saturating_duration_since(started).as_micros();
-    log::info!(
-        target: crate::logger::ACCESS,
-        "{} {} \"{} {}\" {} {} {}us",
-        UtcTime::from_unix_millis(ctx.wall_ms).rfc3339_millis(),
-        client,
-        Escaped(method),
-        Escaped(path),
-        status,
-        bytes,
-        micros
-    );
-}
-
-/// Displays text with every byte outside printable ASCII, and `"` and `\`, as `\xHH`.
-pub struct Escaped<'a>(pub &'a str);
-
-impl std::fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Runs of plain bytes go out whole: a `write!` per byte cost more than the rest of the line.
-        let bytes = self.0.as_bytes();
-        let mut start = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            if !(b.is_ascii_graphic() && b != b'"' && b != b'\\') {
-                f.write_str(plain(&bytes[start..i]))?;
-                write!(f, "\\x{b:02x}")?;
-                start = i + 1;
-            }
-        }
-        f.write_str(plain(&bytes[start..]))
-    }
-}
-
-/// A run of plain bytes as text: they are printable ASCII, so always UTF-8.
-fn plain(run: &[u8]) -> &str {
-    std::str::from_utf8(run).unwrap_or_default()
 }
 
 /// A client connection: the socket, its readiness, and its session.
@@ -491,14 +453,11 @@ pub struct Conn {
     /// What the poll watches for this socket; `None` until the worker registers it, after the
     /// connection's first turn.
     pub registered: Option<Interest>,
-    /// TCP_NODELAY is set, before the second write (as nginx does): a first write has nothing
-    /// unacknowledged before it for Nagle to wait on, and one-request connections skip the syscall.
-    nodelay: bool,
-    wrote: bool,
+    /// Writes so far, up to 2. TCP_NODELAY is set before the second (as nginx does): a first write
+    /// has nothing unacknowledged before it for Nagle to wait on, and one-request connections skip
+    /// the system call.
+    writes: u8,
 }
-
-/// How many reads or writes one connection gets per turn before others get theirs.
-const TURN_BUDGET: usize = 16;
 
 /// What `Conn::drive` left behind.
 #[derive(Debug, PartialEq, Eq)]
@@ -516,16 +475,7 @@ impl Conn {
         // Writable until a write says otherwise; readable only once the poll says so. Reading at
         // once found nothing in 98% of new connections here (the request comes a moment after the
         // handshake that `accept` returns on), so it cost a system call per connection.
-        Conn {
-            stream,
-            session,
-            readable: false,
-            writable: true,
-            read_closed: false,
-            registered: None,
-            nodelay: false,
-            wrote: false,
-        }
+        Conn { stream, session, readable: false, writable: true, read_closed: false, registered: None, writes: 0 }
     }
 
     /// What the poll should watch: readability always (requests, EOF); writability only once
@@ -549,10 +499,10 @@ impl Conn {
 
     /// Moves bytes both ways until the socket would block, the session waits, or the turn's budget
     /// is spent. `scratch` is the worker's read buffer.
-    pub fn drive(&mut self, scratch: &mut [u8], ctx: &mut Ctx<'_>) -> Drive {
+    pub fn drive(&mut self, scratch: &mut [u8], ctx: &mut Ctx) -> Drive {
         for _ in 0..TURN_BUDGET {
             if !self.session.pending_output().is_empty() && self.writable {
-                if let Err(e) = self.write_some(ctx) {
+                if let Err(e) = self.write_some() {
                     log::debug!("write to {} failed: {e}", self.session.peer);
                     return Drive::Closed;
                 }
@@ -601,19 +551,18 @@ impl Conn {
         }
     }
 
-    fn write_some(&mut self, ctx: &Ctx<'_>) -> io::Result<()> {
-        if self.wrote && !self.nodelay {
+    fn write_some(&mut self) -> io::Result<()> {
+        if self.writes == 1 {
             // Responses go out in one write each; don't let Nagle hold back the last segment of one.
             let _ = self.stream.set_nodelay(true);
-            self.nodelay = true;
         }
-        self.wrote = true;
+        self.writes = self.writes.saturating_add(1).min(2);
         let pending = self.session.pending_output();
         match self.stream.write(pending) {
             Ok(0) => Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 self.writable = n == pending.len();
-                self.session.wrote(n, ctx);
+                self.session.wrote(n);
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -9,7 +9,8 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
 use std::time::{Duration, Instant};
 
-use crate::config::HEALTHCHECK_TIMEOUT;
+use crate::decimal;
+use crate::limits::HEALTHCHECK_TIMEOUT;
 
 /// The default URL: the server's own `/health` on loopback, at `$PORT` (8443 when unset).
 pub fn default_url(port: Option<&str>) -> String {
@@ -37,7 +38,10 @@ pub fn parse_url(url: &str) -> Result<Url<'_>, String> {
     }
     let host = crate::http::host_without_port(authority);
     let port = match authority.strip_prefix(host).and_then(|p| p.strip_prefix(':')) {
-        Some(p) => p.parse().map_err(|_| format!("{url:?}: malformed port"))?,
+        // `valid_host` allows at most 5 digits, up to 65535.
+        Some(p) => decimal::parse(p.as_bytes())
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or(format!("{url:?}: malformed port"))?,
         None => 80,
     };
     Ok(Url { authority, host: host.trim_start_matches('[').trim_end_matches(']'), port, path })

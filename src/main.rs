@@ -6,10 +6,10 @@
 
 use std::process::ExitCode;
 
-use zayzoon::{config, healthcheck, server};
+use zayzoon::{config, healthcheck, logger, server};
 
 const USAGE: &str = "\
-usage: zayzoon [serve]            serve HTTP (configured by environment variables; see README)
+usage: zayzoon [serve]            serve HTTP, configured by the environment variables below
        zayzoon healthcheck [URL]  GET URL (default http://127.0.0.1:$PORT/health); exit 0 on 200 within 2 s
        zayzoon --help | --version";
 
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         ["healthcheck"] => healthcheck(&healthcheck::default_url(std::env::var("PORT").ok().as_deref())),
         ["healthcheck", url] => healthcheck(url),
         ["--help" | "-h" | "help"] => {
-            println!("{USAGE}");
+            println!("{USAGE}\n\nenvironment (unset or empty: the default):\n{}", config::help_table());
             ExitCode::SUCCESS
         }
         ["--version" | "-V"] => {
@@ -45,7 +45,7 @@ fn serve() -> ExitCode {
     };
     // Two targets bypass LOG_LEVEL: "access" follows ACCESS_LOG, and "lifecycle" (the startup line
     // with the effective configuration, signals, drain) is always shown, whatever the level.
-    if let Err(e) = zayzoon::logger::Logger::new(config.log_level, config.access_log).install() {
+    if let Err(e) = logger::Logger::new(config.log).install() {
         eprintln!("zayzoon: cannot start logging: {e}");
         return ExitCode::from(1);
     }

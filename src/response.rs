@@ -7,6 +7,8 @@
 //! written anywhere is a redirect's `Location`, built by `app` from validated parts.
 
 use crate::clock::UtcTime;
+use crate::decimal;
+use crate::route::Page;
 
 /// The page's whole stylesheet. The CSP allows exactly this text by its hash, so any edit here
 /// must update `STYLE_HASH` (a unit test recomputes it).
@@ -38,29 +40,6 @@ const SECURITY_HEADERS: &str = concat!(
     "Cross-Origin-Resource-Policy: same-origin\r\n",
     "Cache-Control: no-store\r\n",
 );
-
-/// Which page.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Page {
-    Status,
-    Health,
-}
-
-impl Page {
-    fn title(self) -> &'static str {
-        match self {
-            Page::Status => "Status",
-            Page::Health => "Health",
-        }
-    }
-
-    fn message(self) -> &'static str {
-        match self {
-            Page::Status => "Zayzoon rocking here! 🚀",
-            Page::Health => "Status: Healthy ✅",
-        }
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
@@ -265,10 +244,10 @@ impl Renderer {
             Body::Empty => ("text/plain; charset=utf-8", &b""[..]),
         };
         out.extend_from_slice(b"HTTP/1.1 ");
-        push_decimal(out, resp.status.into());
+        decimal::push(out, resp.status.into());
         push_all(out, &[" ", reason(resp.status), "\r\n", SECURITY_HEADERS, &self.date_line]);
         push_all(out, &["Content-Type: ", content_type, "\r\nContent-Length: "]);
-        push_decimal(out, body.len() as u64);
+        decimal::push(out, body.len() as u64);
         out.extend_from_slice(b"\r\n");
         if resp.allow {
             out.extend_from_slice(b"Allow: GET, HEAD\r\n");
@@ -278,15 +257,15 @@ impl Renderer {
         }
         if let Some(r) = &resp.rate {
             out.extend_from_slice(b"RateLimit-Limit: ");
-            push_decimal(out, r.limit.into());
+            decimal::push(out, r.limit.into());
             out.extend_from_slice(b"\r\nRateLimit-Remaining: ");
-            push_decimal(out, r.remaining);
+            decimal::push(out, r.remaining);
             out.extend_from_slice(b"\r\nRateLimit-Reset: ");
-            push_decimal(out, r.reset_secs);
+            decimal::push(out, r.reset_secs);
             out.extend_from_slice(b"\r\n");
             if r.retry_after {
                 out.extend_from_slice(b"Retry-After: ");
-                push_decimal(out, r.reset_secs);
+                decimal::push(out, r.reset_secs);
                 out.extend_from_slice(b"\r\n");
             }
         }
@@ -307,21 +286,6 @@ fn push_all(out: &mut Vec<u8>, parts: &[&str]) {
     for part in parts {
         out.extend_from_slice(part.as_bytes());
     }
-}
-
-/// Appends `n` in decimal, as `write!(out, "{n}")` would.
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
 }
 
 #[cfg(test)]
@@ -373,15 +337,6 @@ mod tests {
             r#"{"error":"Too Many Requests","message":"Rate limit exceeded: 10 per 1 minute","status":429}"#
         );
         assert_eq!(json_error(400, "a\"b\\c\n"), r#"{"error":"Bad Request","message":"a\"b\\c\u000a","status":400}"#);
-    }
-
-    #[test]
-    fn decimals() {
-        for n in [0, 7, 10, 99, 1_000_000_000, u64::MAX] {
-            let mut out = b"x".to_vec();
-            push_decimal(&mut out, n);
-            assert_eq!(out, format!("x{n}").into_bytes());
-        }
     }
 
     #[test]

@@ -9,16 +9,19 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::iterator::Signals;
 
 use crate::clock;
-use crate::config::{ACCEPT_BACKOFF, Config, READ_CHUNK, SWEEP_INTERVAL};
-use crate::conn::{Conn, Ctx, Drive, Session, Settings};
-use crate::limit::{self, Limiter, MemoryStore, Policy, Ticket};
+use crate::config::Config;
+use crate::conn::{Conn, Ctx, Drive, Session};
+use crate::limit::remote;
+use crate::limit::{Limiter, MemoryStore};
+use crate::limits::{ACCEPT_BACKOFF, READ_CHUNK, SPARE_BUFFERS, SWEEP_INTERVAL};
 use crate::logger::LIFECYCLE;
 use crate::response::Renderer;
 
@@ -30,7 +33,7 @@ const WAKER: Token = Token(usize::MAX);
 pub enum StartError {
     Bind(SocketAddr, io::Error),
     Setup(io::Error),
-    Redis(limit::redis::StartError),
+    Redis(remote::StartError),
 }
 
 impl std::fmt::Display for StartError {
@@ -65,123 +68,60 @@ struct Shared {
 /// Runs the server until a signal ends it. Returns once every worker has finished draining.
 pub fn run(config: Config) -> Result<(), StartError> {
     let mut polls = Vec::with_capacity(config.workers);
-    let mut wakers = Vec::with_capacity(config.workers);
     for _ in 0..config.workers {
         let poll = Poll::new().map_err(StartError::Setup)?;
-        wakers.push(Arc::new(Waker::new(poll.registry(), WAKER).map_err(StartError::Setup)?));
-        polls.push(poll);
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(StartError::Setup)?);
+        polls.push((poll, waker));
     }
+    let wakers: Vec<Arc<Waker>> = polls.iter().map(|(_, w)| Arc::clone(w)).collect();
     let memory = Arc::new(MemoryStore::default());
     // Redis first: a server that can't reach its store should not take connections it can't serve.
-    let (remotes, redis_stats) = match &config.redis_url {
-        Some(url) => {
-            let (remotes, stats) = limit::redis::start(
-                url,
-                config.redis_connect_retries,
-                config.redis_timeout,
-                Arc::clone(&memory),
-                wakers.clone(),
-            )
-            .map_err(StartError::Redis)?;
+    let (mut remotes, redis_stats) = match &config.redis {
+        Some(settings) => {
+            let (remotes, stats) =
+                remote::start(settings, Arc::clone(&memory), wakers.clone()).map_err(StartError::Redis)?;
             (remotes.into_iter().map(Some).collect(), Some(stats))
         }
-        None => ((0..config.workers).map(|_| None).collect::<Vec<_>>(), None),
+        None => (Vec::new(), None),
     };
+    remotes.resize_with(config.workers, || None);
 
-    let addr = SocketAddr::new(config.bind_addr, config.port);
-    let listener = TcpListener::bind(addr).map_err(|e| StartError::Bind(addr, e))?;
+    let listener = TcpListener::bind(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
     let local = listener.local_addr().map_err(StartError::Setup)?;
-    let listener = std::net::TcpListener::from(listener);
-
+    let listener = std::net::TcpListener::from(listener); // for `try_clone`, one clone per worker
     let shared = Arc::new(Shared {
         draining: AtomicBool::new(false),
         connections: AtomicUsize::new(0),
         max_connections: config.max_connections,
         shutdown_grace: config.shutdown_grace,
     });
-    let settings = Arc::new(Settings {
-        trusted_proxy_hops: config.trusted_proxy_hops,
-        public_host: config.public_host.clone(),
-        header_timeout: config.header_timeout,
-        keepalive_timeout: config.keepalive_timeout,
-        access_log: config.access_log,
-    });
-    let policy = Arc::new(Policy {
-        enabled: config.rate_limit_enabled,
-        default: config.rate_limit_default,
-        endpoint: config.rate_limit_endpoint,
-        exempt: config.rate_limit_exempt.clone(),
-    });
+    let make_ctx = |remote| Ctx {
+        now: Instant::now(),
+        wall_ms: clock::unix_millis_now(),
+        settings: Arc::new(config.session.clone()),
+        limiter: Limiter::new(Arc::new(config.policy.clone()), Arc::clone(&memory), remote),
+        renderer: Renderer::new(clock::unix_millis_now()),
+        draining: false,
+    };
     let mut workers = Vec::with_capacity(config.workers);
-    for (id, (poll, remote)) in polls.into_iter().zip(remotes).enumerate() {
-        let mut listener = TcpListener::from_std(listener.try_clone().map_err(StartError::Setup)?);
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(StartError::Setup)?;
-        let now = Instant::now();
-        workers.push(Worker {
-            id,
-            poll,
-            listener: Some(listener),
-            conns: Slab::default(),
-            busy: Vec::new(),
-            shared: Arc::clone(&shared),
-            settings: Arc::clone(&settings),
-            limiter: Limiter::new(Arc::clone(&policy), Arc::clone(&memory), remote),
-            renderer: Renderer::new(clock::unix_millis_now()),
-            scratch: vec![0; READ_CHUNK],
-            spare_buffers: Vec::new(),
-            next_serial: 0,
-            accept_paused_until: None,
-            accept_failures: 0,
-            next_sweep: now + SWEEP_INTERVAL,
-            drain_deadline: None,
-        });
+    for (id, ((poll, _), remote)) in polls.into_iter().zip(remotes).enumerate() {
+        workers.push(Worker::new(id, poll, &listener, Arc::clone(&shared), make_ctx(remote))?);
     }
-    drop(listener);
+    drop(listener); // Each worker holds a clone.
 
     // Signal handlers go in before the "listening" line, so that a supervisor that signals as soon
     // as it sees that line gets a drain, not the default action (or, as PID 1, nothing at all).
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .map_err(StartError::Setup)?;
+    let signals =
+        Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]).map_err(StartError::Setup)?;
     log::info!(target: LIFECYCLE, "zayzoon {} listening on {local}; {}", env!("CARGO_PKG_VERSION"), config.summary());
-
-    let handles: Vec<_> = workers
+    let handles = workers
         .into_iter()
-        .map(|w| {
-            thread::Builder::new().name(format!("worker-{}", w.id)).spawn(move || w.run()).map_err(StartError::Setup)
-        })
-        .collect::<Result<_, _>>()?;
-
-    let signal_shared = Arc::clone(&shared);
-    thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut received = 0;
-            for signal in signals.forever() {
-                received += 1;
-                if received == 1 {
-                    // Start the drain before saying so: nothing may stand between a signal and it.
-                    signal_shared.draining.store(true, Ordering::SeqCst);
-                    for waker in &wakers {
-                        if let Err(e) = waker.wake() {
-                            log::error!("cannot wake a worker: {e}");
-                        }
-                    }
-                    log::info!(target: LIFECYCLE, "signal {signal}: draining (at most {} s)", signal_shared.shutdown_grace.as_secs());
-                } else {
-                    log::warn!(target: LIFECYCLE, "second signal {signal}: exiting now");
-                    std::process::exit(1);
-                }
-            }
-        })
+        .map(|w| thread::Builder::new().name(format!("worker-{}", w.id)).spawn(move || w.run()))
+        .collect::<io::Result<Vec<_>>>()
         .map_err(StartError::Setup)?;
+    spawn_signal_thread(signals, shared, wakers).map_err(StartError::Setup)?;
 
-    for handle in handles {
-        if handle.join().is_err() {
-            // A worker panicked (a bug). Exit non-zero so that the orchestrator replaces us.
-            log::error!("a worker thread panicked; exiting");
-            std::process::exit(1);
-        }
-    }
+    join_workers(handles);
     if let Some(stats) = redis_stats {
         log::info!(
             target: LIFECYCLE,
@@ -195,38 +135,84 @@ pub fn run(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Connections by slot; the slot is the mio token.
-#[derive(Default)]
-struct Slab {
-    entries: Vec<Option<Conn>>,
-    free: Vec<usize>,
-    len: usize,
+/// The first signal starts the drain in every worker; a second one exits at once.
+fn spawn_signal_thread(mut signals: Signals, shared: Arc<Shared>, wakers: Vec<Arc<Waker>>) -> io::Result<()> {
+    let drain = move || {
+        let mut received = 0;
+        for signal in signals.forever() {
+            received += 1;
+            if received > 1 {
+                log::warn!(target: LIFECYCLE, "second signal {signal}: exiting now");
+                std::process::exit(1);
+            }
+            // Start the drain before saying so: nothing may stand between a signal and it.
+            shared.draining.store(true, Ordering::SeqCst);
+            for waker in &wakers {
+                if let Err(e) = waker.wake() {
+                    log::error!("cannot wake a worker: {e}");
+                }
+            }
+            let grace = shared.shutdown_grace.as_secs();
+            log::info!(target: LIFECYCLE, "signal {signal}: draining (at most {grace} s)");
+        }
+    };
+    thread::Builder::new().name("signals".into()).spawn(drain).map(drop)
 }
 
-impl Slab {
-    fn vacant_slot(&self) -> usize {
-        self.free.last().copied().unwrap_or(self.entries.len())
-    }
-
-    fn insert(&mut self, conn: Conn) -> usize {
-        self.len += 1;
-        match self.free.pop() {
-            Some(slot) => {
-                self.entries[slot] = Some(conn);
-                slot
-            }
-            None => {
-                self.entries.push(Some(conn));
-                self.entries.len() - 1
-            }
+fn join_workers(handles: Vec<JoinHandle<()>>) {
+    for handle in handles {
+        if handle.join().is_err() {
+            // A worker panicked (a bug). Exit non-zero so that the orchestrator replaces us.
+            log::error!("a worker thread panicked; exiting");
+            std::process::exit(1);
         }
     }
+}
 
-    fn remove(&mut self, slot: usize) -> Option<Conn> {
-        let conn = self.entries.get_mut(slot)?.take()?;
+/// Connections by slot (the slot is the mio token), each with the name it has outside its worker:
+/// the limiter's `waiter`, which this slab makes and checks. A waiter holds the slot in its low 32
+/// bits and a serial number in the high ones, so that an answer that comes after its connection
+/// closed can't reach the next connection in the same slot.
+struct Slab<T> {
+    entries: Vec<Option<(u64, T)>>,
+    free: Vec<usize>,
+    len: usize,
+    serial: u64,
+}
+
+impl<T> Slab<T> {
+    fn new() -> Slab<T> {
+        Slab { entries: Vec::new(), free: Vec::new(), len: 0, serial: 0 }
+    }
+
+    /// Inserts what `make` makes of the new entry's waiter; returns its slot.
+    fn insert_with(&mut self, make: impl FnOnce(u64) -> T) -> usize {
+        let slot = self.free.pop().unwrap_or(self.entries.len());
+        if slot == self.entries.len() {
+            self.entries.push(None);
+        }
+        self.serial += 1;
+        let waiter = (self.serial << 32) | slot as u64;
+        self.entries[slot] = Some((waiter, make(waiter)));
+        self.len += 1;
+        slot
+    }
+
+    fn get_mut(&mut self, slot: usize) -> Option<&mut T> {
+        self.entries.get_mut(slot)?.as_mut().map(|(_, t)| t)
+    }
+
+    /// The slot of the entry `waiter` names, if it is still there.
+    fn find(&self, waiter: u64) -> Option<usize> {
+        let slot = (waiter & u64::from(u32::MAX)) as usize;
+        matches!(self.entries.get(slot), Some(Some((w, _))) if *w == waiter).then_some(slot)
+    }
+
+    fn remove(&mut self, slot: usize) -> Option<T> {
+        let (_, t) = self.entries.get_mut(slot)?.take()?;
         self.free.push(slot);
         self.len -= 1;
-        Some(conn)
+        Some(t)
     }
 }
 
@@ -235,34 +221,53 @@ struct Worker {
     poll: Poll,
     /// `None` once draining: closing every clone closes the socket, so new connections are refused.
     listener: Option<TcpListener>,
-    conns: Slab,
+    conns: Slab<Conn>,
     /// Connections that used their turn's budget and still have work.
     busy: Vec<usize>,
     shared: Arc<Shared>,
-    settings: Arc<Settings>,
-    limiter: Limiter,
-    renderer: Renderer,
+    /// What connections use while they run: this turn's clock, the limiter, the renderer.
+    ctx: Ctx,
     /// The read buffer, shared by this worker's connections (they keep only leftovers).
     scratch: Vec<u8>,
     /// Empty output buffers, lent to connections while they have something to write.
     spare_buffers: Vec<Vec<u8>>,
-    /// Numbers connections, so that a limiter answer can't reach a later one in the same slot.
-    next_serial: u64,
     accept_paused_until: Option<Instant>,
     accept_failures: u64,
     next_sweep: Instant,
     drain_deadline: Option<Instant>,
 }
 
-/// Output buffers kept per worker for reuse; more are freed.
-const SPARE_BUFFERS: usize = 64;
-
 impl Worker {
+    fn new(
+        id: usize,
+        poll: Poll,
+        listener: &std::net::TcpListener,
+        shared: Arc<Shared>,
+        ctx: Ctx,
+    ) -> Result<Worker, StartError> {
+        let mut listener = TcpListener::from_std(listener.try_clone().map_err(StartError::Setup)?);
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(StartError::Setup)?;
+        Ok(Worker {
+            id,
+            poll,
+            listener: Some(listener),
+            conns: Slab::new(),
+            busy: Vec::new(),
+            shared,
+            next_sweep: ctx.now + SWEEP_INTERVAL,
+            ctx,
+            scratch: vec![0; READ_CHUNK],
+            spare_buffers: Vec::new(),
+            accept_paused_until: None,
+            accept_failures: 0,
+            drain_deadline: None,
+        })
+    }
+
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.poll_timeout(Instant::now());
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+            if let Err(e) = self.poll.poll(&mut events, Some(self.poll_timeout(Instant::now()))) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("worker {}: poll failed: {e}", self.id);
                     thread::sleep(ACCEPT_BACKOFF);
@@ -272,50 +277,57 @@ impl Worker {
             // One clock read per turn (darkhttpd's cached `now`): every deadline and every
             // response of this turn uses it, and the Date header changes only once a second.
             let now = Instant::now();
-            let wall_ms = clock::unix_millis_now();
-            self.renderer.refresh(wall_ms);
+            self.ctx.now = now;
+            self.ctx.wall_ms = clock::unix_millis_now();
+            self.ctx.renderer.refresh(self.ctx.wall_ms);
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(now, wall_ms),
+                    LISTENER => self.accept(),
                     // Woken for a limiter answer or a signal: both are looked at below, every turn.
                     WAKER => {}
                     Token(slot) => {
-                        let readable = event.is_readable();
                         let read_closed = event.is_read_closed() || event.is_error();
                         let writable = event.is_writable() || event.is_write_closed();
-                        if let Some(Some(conn)) = self.conns.entries.get_mut(slot) {
-                            conn.set_ready(readable, writable, read_closed);
-                            self.drive(slot, now, wall_ms);
+                        if let Some(conn) = self.conns.get_mut(slot) {
+                            conn.set_ready(event.is_readable(), writable, read_closed);
+                            self.drive(slot);
                         }
                     }
                 }
             }
             for slot in std::mem::take(&mut self.busy) {
-                self.drive(slot, now, wall_ms);
+                self.drive(slot);
             }
-            self.take_answers(now, wall_ms);
+            self.take_answers();
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
-                self.accept(now, wall_ms);
+                self.accept();
             }
             if self.shared.draining.load(Ordering::Relaxed) && self.drain_deadline.is_none() {
-                self.start_draining(now);
+                self.start_draining();
             }
             if now >= self.next_sweep || self.drain_deadline.is_some() {
-                self.sweep(now, wall_ms);
+                self.sweep();
             }
             // Everything this turn asked the Redis store goes out in one message.
-            self.limiter.flush();
-            if let Some(deadline) = self.drain_deadline
-                && (self.conns.len == 0 || now >= deadline)
-            {
-                if self.conns.len > 0 {
-                    log::warn!("worker {}: grace period over, closing {} connections", self.id, self.conns.len);
-                }
-                self.shared.connections.fetch_sub(self.conns.len, Ordering::Relaxed);
+            self.ctx.limiter.flush();
+            if self.drained() {
                 return;
             }
         }
+    }
+
+    /// While draining: whether this worker is done (no connections left, or out of time).
+    fn drained(&self) -> bool {
+        let Some(deadline) = self.drain_deadline else { return false };
+        if self.conns.len > 0 && self.ctx.now < deadline {
+            return false;
+        }
+        if self.conns.len > 0 {
+            log::warn!("worker {}: grace period over, closing {} connections", self.id, self.conns.len);
+        }
+        self.shared.connections.fetch_sub(self.conns.len, Ordering::Relaxed);
+        true
     }
 
     fn poll_timeout(&self, now: Instant) -> Duration {
@@ -326,52 +338,36 @@ impl Worker {
         if let Some(t) = self.accept_paused_until {
             wake = wake.min(t);
         }
-        if let Some(t) = self.limiter.next_deadline() {
+        if let Some(t) = self.ctx.limiter.next_deadline() {
             wake = wake.min(t);
         }
         wake.saturating_duration_since(now)
     }
 
-    fn ctx(&mut self, now: Instant, wall_ms: i64) -> (Ctx<'_>, &mut Slab, &mut Vec<u8>, &mut Vec<Vec<u8>>) {
-        (
-            Ctx {
-                now,
-                wall_ms,
-                settings: &self.settings,
-                limiter: &mut self.limiter,
-                renderer: &self.renderer,
-                draining: self.drain_deadline.is_some(),
-            },
-            &mut self.conns,
-            &mut self.scratch,
-            &mut self.spare_buffers,
-        )
-    }
-
     /// Lets connection `slot` move bytes, and drops it if it closed.
-    fn drive(&mut self, slot: usize, now: Instant, wall_ms: i64) {
-        self.drive_after(slot, now, wall_ms, |_, _| {});
+    fn drive(&mut self, slot: usize) {
+        self.drive_after(slot, |_, _| {});
     }
 
     /// Runs `first` on connection `slot` (a deadline check, a limiter answer), then lets it move
     /// bytes, and drops it if it closed. A panic in there is a bug, and it costs only this
     /// connection: the client gets a 500 if nothing else was queued for it, then the close; every
     /// other connection goes on.
-    fn drive_after(&mut self, slot: usize, now: Instant, wall_ms: i64, first: impl FnOnce(&mut Conn, &mut Ctx<'_>)) {
-        let (mut ctx, conns, scratch, spares) = self.ctx(now, wall_ms);
-        let Some(Some(conn)) = conns.entries.get_mut(slot) else { return };
+    fn drive_after(&mut self, slot: usize, first: impl FnOnce(&mut Conn, &mut Ctx)) {
+        let (ctx, scratch, spares) = (&mut self.ctx, &mut self.scratch, &mut self.spare_buffers);
+        let Some(conn) = self.conns.get_mut(slot) else { return };
         if let Some(buf) = spares.pop()
             && let Some(unused) = conn.session.give_output_buffer(buf)
         {
             spares.push(unused);
         }
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            first(conn, &mut ctx);
-            conn.drive(scratch, &mut ctx)
+            first(conn, ctx);
+            conn.drive(scratch, ctx)
         }))
         .unwrap_or_else(|_| {
             log::error!("internal error on a connection (a bug; see the panic message above); closing it");
-            conn.abort_with_500(ctx.renderer);
+            conn.abort_with_500(&ctx.renderer);
             Drive::Closed
         });
         if let Some(buf) = conn.session.take_output_buffer()
@@ -394,7 +390,7 @@ impl Worker {
 
     /// Tells the poll what connection `slot` now waits for, if that changed.
     fn register(&mut self, slot: usize) -> io::Result<()> {
-        let Some(Some(conn)) = self.conns.entries.get_mut(slot) else { return Ok(()) };
+        let Some(conn) = self.conns.get_mut(slot) else { return Ok(()) };
         let interest = conn.interest();
         match conn.registered {
             Some(current) if current == interest => return Ok(()),
@@ -415,7 +411,7 @@ impl Worker {
     /// Accepts until the queue is empty. On failure (EMFILE and friends) pauses accepting for
     /// `ACCEPT_BACKOFF` instead of spinning; the listener stays registered, and the pause ends by
     /// timer, so no readiness edge is missed.
-    fn accept(&mut self, now: Instant, wall_ms: i64) {
+    fn accept(&mut self) {
         if self.accept_paused_until.is_some() {
             return;
         }
@@ -435,7 +431,7 @@ impl Worker {
                         log::warn!("accept failed: {e}; pausing accepts, serving open connections");
                     }
                     self.accept_failures += 1;
-                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    self.accept_paused_until = Some(self.ctx.now + ACCEPT_BACKOFF);
                     return;
                 }
             };
@@ -449,53 +445,82 @@ impl Worker {
                 log::debug!("at MAX_CONNECTIONS ({}): closing new connection from {peer}", self.shared.max_connections);
                 continue; // `stream` dropped: closed at once.
             }
-            self.add(stream, peer, now, wall_ms);
+            self.add(stream, peer);
         }
     }
 
-    /// Takes a new connection, and serves it right away: see `Conn::registered`.
-    fn add(&mut self, stream: mio::net::TcpStream, peer: SocketAddr, now: Instant, wall_ms: i64) {
-        self.next_serial += 1;
-        let ticket = Ticket { slot: self.conns.vacant_slot(), serial: self.next_serial };
-        let (ctx, conns, _, _) = self.ctx(now, wall_ms);
-        let session = Session::new(peer.ip(), ticket, &ctx);
-        let slot = conns.insert(Conn::new(stream, session));
-        debug_assert_eq!(slot, ticket.slot);
-        self.drive(slot, now, wall_ms);
+    /// Takes a new connection. It is registered with the poll after this first turn, and read once
+    /// the poll says it is readable (see `Conn::new`).
+    fn add(&mut self, stream: mio::net::TcpStream, peer: SocketAddr) {
+        let ctx = &self.ctx;
+        let slot = self.conns.insert_with(|waiter| Conn::new(stream, Session::new(peer.ip(), waiter, ctx)));
+        self.drive(slot);
     }
 
-    /// Hands remote limiter decisions to the connections waiting for them.
-    fn take_answers(&mut self, now: Instant, wall_ms: i64) {
-        for (id, decision) in self.limiter.take_answers(now) {
-            self.drive_after(id.conn.slot, now, wall_ms, |conn, ctx| conn.session.on_decision(id, decision, ctx));
+    /// Hands limiter decisions to the connections waiting for them; answers for connections that
+    /// have closed since are dropped here.
+    fn take_answers(&mut self) {
+        for (waiter, decision) in self.ctx.limiter.take_answers(self.ctx.now) {
+            if let Some(slot) = self.conns.find(waiter) {
+                self.drive_after(slot, |conn, ctx| conn.session.on_decision(decision, ctx));
+            }
         }
     }
 
-    fn start_draining(&mut self, now: Instant) {
+    fn start_draining(&mut self) {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        self.drain_deadline = Some(now + self.shared.shutdown_grace);
+        self.drain_deadline = Some(self.ctx.now + self.shared.shutdown_grace);
+        self.ctx.draining = true;
     }
 
     /// Fires deadlines; while draining, also closes connections that have gone idle.
-    fn sweep(&mut self, now: Instant, wall_ms: i64) {
-        self.next_sweep = now + SWEEP_INTERVAL;
+    fn sweep(&mut self) {
+        self.next_sweep = self.ctx.now + SWEEP_INTERVAL;
         let draining = self.drain_deadline.is_some();
         for slot in 0..self.conns.entries.len() {
-            let Some(Some(conn)) = self.conns.entries.get(slot) else { continue };
+            let Some(conn) = self.conns.get_mut(slot) else { continue };
             if draining && conn.session.is_idle() {
                 // A request may have crossed the signal and wait unread in the socket: look once
                 // (it gets its answer, with `Connection: close`) before closing an idle connection.
-                self.drive_after(slot, now, wall_ms, |conn, _| conn.set_ready(true, false, false));
-                if let Some(Some(conn)) = self.conns.entries.get(slot)
-                    && conn.session.is_idle()
-                {
+                self.drive_after(slot, |conn, _| conn.set_ready(true, false, false));
+                if self.conns.get_mut(slot).is_some_and(|c| c.session.is_idle()) {
                     self.close(slot);
                 }
                 continue;
             }
-            self.drive_after(slot, now, wall_ms, |conn, ctx| conn.session.on_tick(ctx));
+            self.drive_after(slot, |conn, ctx| conn.session.on_tick(ctx));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_for_a_closed_connection_finds_no_one() {
+        let mut slab = Slab::new();
+        let mut first = 0;
+        let slot = slab.insert_with(|w| {
+            first = w;
+            "first"
+        });
+        assert_eq!(slab.find(first), Some(slot));
+        assert_eq!(slab.remove(slot), Some("first"));
+        assert_eq!(slab.find(first), None, "closed");
+        let mut second = 0;
+        let reused = slab.insert_with(|w| {
+            second = w;
+            "second"
+        });
+        assert_eq!(reused, slot, "the slot is reused");
+        assert_eq!(slab.find(first), None, "an answer for the first connection does not reach the second");
+        assert_eq!(slab.find(second), Some(slot));
+        assert_eq!(slab.get_mut(slot), Some(&mut "second"));
+        let other = slab.insert_with(|_| "third");
+        assert_ne!(other, slot);
+        assert_eq!(slab.len, 2);
     }
 }

@@ -2,6 +2,10 @@
 
 use super::*;
 
+#[path = "../../tests/support/requests.rs"]
+mod requests;
+use requests::{chunked_of_wire_size, head_of_size, with_fields};
+
 /// Parses `input` and hands the outcome to `check`.
 fn parse(input: &[u8], check: impl FnOnce(Result<Parse<Head<'_, '_>>, HttpError>)) {
     let mut headers = empty_headers();
@@ -42,7 +46,8 @@ fn simple_get() {
     let input = b"GET /status?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n";
     complete(input, |h| {
         assert_eq!(h.method, "GET");
-        assert_eq!(h.target, "/status?x=1");
+        assert_eq!(h.target.raw, "/status?x=1");
+        assert_eq!((h.target.path(), h.target.query()), ("/status", Some("x=1")));
         assert_eq!(h.version, Version::Http11);
         assert_eq!(h.host, Some("example.com"));
         assert_eq!(h.len, input.len());
@@ -69,7 +74,7 @@ fn partial_head_needs_more() {
 #[test]
 fn leading_empty_lines_are_skipped() {
     // RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request line.
-    complete(b"\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n", |h| assert_eq!(h.target, "/"));
+    complete(b"\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n", |h| assert_eq!(h.target.raw, "/"));
 }
 
 #[test]
@@ -95,16 +100,14 @@ fn http11_connection_close() {
 #[test]
 fn absolute_form_target() {
     complete(b"GET http://example.com/health?a HTTP/1.1\r\nHost: example.com\r\n\r\n", |h| {
-        assert_eq!(
-            split_target(h.target),
-            Target { authority: Some("example.com"), path: "/health", query: Some("a") }
-        );
+        let t = h.target;
+        assert_eq!((t.authority, t.path(), t.query()), (Some("example.com"), "/health", Some("a")));
     });
 }
 
 #[test]
 fn asterisk_form_for_options() {
-    complete(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", |h| assert_eq!(h.target, "*"));
+    complete(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", |h| assert_eq!(h.target.raw, "*"));
 }
 
 #[test]
@@ -149,22 +152,12 @@ fn expect_continue() {
 
 #[test]
 fn head_at_the_size_limit() {
-    let mut input = b"GET / HTTP/1.1\r\nHost: h\r\nX-Pad: ".to_vec();
-    let pad = MAX_HEAD_BYTES - input.len() - 4;
-    input.extend(std::iter::repeat_n(b'a', pad));
-    input.extend(b"\r\n\r\n");
-    assert_eq!(input.len(), MAX_HEAD_BYTES);
-    complete(&input, |h| assert_eq!(h.len, MAX_HEAD_BYTES));
+    complete(&head_of_size(MAX_HEAD_BYTES), |h| assert_eq!(h.len, MAX_HEAD_BYTES));
 }
 
 #[test]
 fn head_one_past_the_size_limit() {
-    let mut input = b"GET / HTTP/1.1\r\nHost: h\r\nX-Pad: ".to_vec();
-    let pad = MAX_HEAD_BYTES - input.len() - 3;
-    input.extend(std::iter::repeat_n(b'a', pad));
-    input.extend(b"\r\n\r\n");
-    assert_eq!(input.len(), MAX_HEAD_BYTES + 1);
-    assert_eq!(error(&input), HttpError::HeadTooLarge("head longer than 8 KiB"));
+    assert_eq!(error(&head_of_size(MAX_HEAD_BYTES + 1)), HttpError::HeadTooLarge("head longer than 8 KiB"));
 }
 
 #[test]
@@ -172,15 +165,6 @@ fn long_partial_head_is_refused_without_waiting_for_more() {
     let mut input = b"GET /".to_vec();
     input.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES));
     assert_eq!(status(&input), 431);
-}
-
-fn with_fields(n: usize) -> Vec<u8> {
-    let mut input = b"GET / HTTP/1.1\r\nHost: h\r\n".to_vec();
-    for i in 1..n {
-        input.extend(format!("X-{i}: v\r\n").as_bytes());
-    }
-    input.extend(b"\r\n");
-    input
 }
 
 #[test]
@@ -334,15 +318,31 @@ fn host_ports_are_dropped_for_redirects() {
     assert_eq!(host_without_port("[::1]"), "[::1]");
 }
 
+/// The target, split: (authority, path, query).
+fn split<'a>(method: &str, target: &'a str) -> (Option<&'a str>, String, Option<String>) {
+    let t = Target::parse(method, target).unwrap_or_else(|e| panic!("{target}: {e}"));
+    (t.authority, t.path().to_owned(), t.query().map(str::to_owned))
+}
+
 #[test]
 fn targets() {
-    let t = |s| split_target(s);
-    assert_eq!(t("/status"), Target { authority: None, path: "/status", query: None });
-    assert_eq!(t("/status?"), Target { authority: None, path: "/status", query: Some("") });
-    assert_eq!(t("/st%61tus?a=b?c"), Target { authority: None, path: "/st%61tus", query: Some("a=b?c") });
-    assert_eq!(t("HTTP://h:1"), Target { authority: Some("h:1"), path: "/", query: None });
-    assert_eq!(t("https://h?q"), Target { authority: Some("h"), path: "/", query: Some("q") });
-    assert_eq!(t("*"), Target { authority: None, path: "*", query: None });
+    let q = |s: &str| Some(s.to_owned());
+    assert_eq!(split("GET", "/status"), (None, "/status".into(), None));
+    assert_eq!(split("GET", "/status?"), (None, "/status".into(), q("")));
+    assert_eq!(split("GET", "/st%61tus?a=b?c"), (None, "/st%61tus".into(), q("a=b?c")));
+    assert_eq!(split("GET", "HTTP://h:1"), (Some("h:1"), "/".into(), None));
+    assert_eq!(split("GET", "https://h?q"), (Some("h"), "/".into(), q("q")));
+    assert_eq!(split("OPTIONS", "*"), (None, "*".into(), None));
+    for bad in ["*", "status", "example.com:443", "http://user@h/", "http://", "ftp://h/"] {
+        assert!(Target::parse("GET", bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn an_absolute_form_authority_is_the_host() {
+    complete(b"GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\n\r\n", |h| {
+        assert_eq!(h.host, Some("a.example"));
+    });
 }
 
 /// Feeds `input` to a fresh decoder in pieces of `step` bytes.
@@ -380,17 +380,6 @@ fn chunked_incomplete() {
 fn chunked_uppercase_hex_and_leading_zeros() {
     let input = b"000A\r\n0123456789\r\n0\r\n\r\n";
     assert_eq!(decode(input, 100), Ok(Fed { consumed: input.len(), done: true }));
-}
-
-/// A chunked body of exactly `total` bytes on the wire: one data chunk, then the last chunk.
-fn chunked_of_wire_size(total: usize) -> Vec<u8> {
-    // hex digits + CRLF + data + CRLF + "0\r\n\r\n"
-    let data = total - 4 - 2 - 2 - 5;
-    let mut v = format!("{data:04x}\r\n").into_bytes();
-    v.extend(std::iter::repeat_n(b'x', data));
-    v.extend(b"\r\n0\r\n\r\n");
-    assert_eq!(v.len(), total);
-    v
 }
 
 #[test]

@@ -12,8 +12,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::{ClientKey, CounterId, CounterState, Rate};
-use crate::config::{LIMITER_PURGE_INTERVAL, MAX_LIMITER_ENTRIES};
+use super::{ClientKey, CounterId, CounterState, Counters, Decision, Rate};
+use crate::limits::{LIMITER_PURGE_INTERVAL, MAX_LIMITER_ENTRIES};
 
 /// Enough shards that workers rarely wait on each other, few enough to scan cheaply.
 const SHARDS: usize = 16;
@@ -92,7 +92,7 @@ impl MemoryStore {
         let entry = shard.map.entry(key).or_default();
         let mut out = [CounterState { count: 0, ttl_ms: 0 }; 2];
         for (slot, &(id, rate)) in out.iter_mut().zip(counters) {
-            let w = &mut entry.windows[id as usize];
+            let w = &mut entry.windows[id.index()];
             if w.reset_at_ms <= now_ms {
                 *w = Window { count: 0, reset_at_ms: now_ms + u64::from(rate.period_secs) * 1000 };
             }
@@ -100,6 +100,13 @@ impl MemoryStore {
             *slot = CounterState { count: w.count, ttl_ms: w.reset_at_ms - now_ms };
         }
         out
+    }
+
+    /// Counts one request against `counters` and decides: what every store falls back to.
+    pub fn decide(&self, key: ClientKey, counters: &Counters, now: Instant) -> Decision {
+        let counters = counters.as_slice();
+        let states = self.hit(key, counters, now);
+        Decision::from_states(counters, &states[..counters.len()])
     }
 
     /// Clients currently remembered (expired ones included until purged).
@@ -169,7 +176,7 @@ mod tests {
     use std::time::Duration;
 
     const G: CounterId = CounterId::Global;
-    const S: CounterId = CounterId::Status;
+    const S: CounterId = CounterId::Page(crate::route::Page::Status);
 
     fn key(n: u32) -> ClientKey {
         ClientKey::V4(n)

@@ -2,15 +2,16 @@
 //! handle each worker asks.
 //!
 //! Owns: `Rate` and `Cidr` syntax, the client key (IPv4 address or IPv6 /64), the policy (the
-//! global counter plus one per limited path), turning counter states into a `Decision`, and the
-//! store interface. Does not own: the counting itself (`memory`), or talking to Redis.
+//! global counter plus one per page), turning counter states into a `Decision`, and the handle each
+//! worker asks (`Limiter`). Does not own: the counting itself (`memory`), or talking to Redis
+//! (`remote`, the store shared by every task).
 //!
 //! Algorithm: a fixed window per counter that starts at the key's first hit and refills whole when
 //! it ends (Flask-Limiter's default). Every counter of a request is incremented, allowed or not, so
 //! the in-memory and Redis stores give the same decisions for the same traffic.
 
 pub mod memory;
-pub mod redis;
+pub mod remote;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -18,6 +19,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use memory::MemoryStore;
+
+use crate::decimal;
+use crate::route::Page;
 
 /// A limit: at most `limit` requests per `period_secs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,10 +50,7 @@ impl Rate {
                 (n, unit)
             }
         };
-        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let limit: u32 = n.parse().ok().filter(|n| (1..=1_000_000_000).contains(n))?;
+        let limit = decimal::parse(n.as_bytes()).filter(|n| (1..=1_000_000_000).contains(n))? as u32;
         let unit = unit.to_ascii_lowercase();
         let period_secs = match unit.strip_suffix('s').unwrap_or(&unit) {
             "second" => 1,
@@ -90,15 +91,11 @@ impl Cidr {
             Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p)),
             None => (s.parse::<IpAddr>().ok()?, None),
         };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let max: u64 = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            None => max,
-            Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok()?,
-            Some(_) => return None,
+            None => max as u8,
+            Some(p) => decimal::parse(p.as_bytes()).filter(|&p| p <= max)? as u8,
         };
-        if prefix > max {
-            return None;
-        }
         let cidr = Cidr { addr, prefix };
         (bits(addr) & !cidr.mask() == 0).then_some(cidr)
     }
@@ -156,32 +153,30 @@ impl fmt::Display for ClientKey {
     }
 }
 
-/// The counters a client has. `Global` counts every request; the others one path each.
+/// The counters a client has: `Global` counts every request, `Page` the requests for one page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CounterId {
-    Global = 0,
-    Status = 1,
-    Health = 2,
+    Global,
+    Page(Page),
 }
 
 impl CounterId {
-    pub const COUNT: usize = 3;
+    /// How many counters a client has.
+    pub const COUNT: usize = 1 + Page::ALL.len();
+
+    /// A small number for each counter, below `COUNT`.
+    pub fn index(self) -> usize {
+        match self {
+            CounterId::Global => 0,
+            CounterId::Page(p) => 1 + p as usize,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             CounterId::Global => "global",
-            CounterId::Status => "status",
-            CounterId::Health => "health",
+            CounterId::Page(p) => p.name(),
         }
-    }
-}
-
-/// The limited path a request targets, if any (routing compares bytes exactly: SPEC §2).
-pub fn counter_for_path(path: &str) -> Option<CounterId> {
-    match path {
-        "/status" => Some(CounterId::Status),
-        "/health" => Some(CounterId::Health),
-        _ => None,
     }
 }
 
@@ -209,13 +204,13 @@ impl Counters {
 
 impl Policy {
     /// `None` when the client is not limited at all (limiting off, or an exempt client).
-    pub fn counters(&self, client: IpAddr, path: &str) -> Option<Counters> {
+    pub fn counters(&self, client: IpAddr, page: Option<Page>) -> Option<Counters> {
         if !self.enabled || self.exempt.iter().any(|c| c.contains(client)) {
             return None;
         }
         let global = (CounterId::Global, self.default);
-        Some(match counter_for_path(path) {
-            Some(id) => Counters { items: [global, (id, self.endpoint)], len: 2 },
+        Some(match page {
+            Some(page) => Counters { items: [global, (CounterId::Page(page), self.endpoint)], len: 2 },
             None => Counters { items: [global, global], len: 1 },
         })
     }
@@ -262,29 +257,6 @@ impl Decision {
             Some((rate, remaining, reset_secs)) => Decision::Limited { allowed, rate, remaining, reset_secs },
         }
     }
-
-    pub fn allowed(&self) -> bool {
-        match self {
-            Decision::Unlimited => true,
-            Decision::Limited { allowed, .. } => *allowed,
-        }
-    }
-}
-
-/// Identifies a connection: its slot in its worker and a serial number unique in that worker, so
-/// that an answer arriving after its connection closed (and the slot was reused) is stale.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Ticket {
-    pub slot: usize,
-    pub serial: u64,
-}
-
-/// Identifies one check: its connection and the request's number on it, so that a late answer for
-/// an earlier request (already decided from memory) can't be taken for the current one's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CheckId {
-    pub conn: Ticket,
-    pub request: u64,
 }
 
 /// The answer to `Limiter::check`.
@@ -299,30 +271,32 @@ pub enum Check {
 
 /// One worker's way to ask for decisions. The memory store answers at once; the Redis store
 /// answers later, and the connection waits meanwhile without blocking the worker.
+///
+/// A check that waits is known by a `waiter`: a number the worker chooses (it names one of its
+/// connections) and gets back with the decision. The limiter never looks inside it.
 #[derive(Debug)]
 pub struct Limiter {
     policy: Arc<Policy>,
     memory: Arc<MemoryStore>,
-    remote: Option<redis::Remote>,
+    remote: Option<remote::Remote>,
 }
 
 impl Limiter {
-    pub fn new(policy: Arc<Policy>, memory: Arc<MemoryStore>, remote: Option<redis::Remote>) -> Limiter {
+    pub fn new(policy: Arc<Policy>, memory: Arc<MemoryStore>, remote: Option<remote::Remote>) -> Limiter {
         Limiter { policy, memory, remote }
     }
 
-    /// Counts a request from `client` for `path` and decides, or starts deciding, whether it may go on.
-    pub fn check(&mut self, client: IpAddr, path: &str, id: CheckId, now: Instant) -> Check {
-        let Some(counters) = self.policy.counters(client, path) else {
+    /// Counts a request from `client` for `page` and decides, or starts deciding, whether it may go on.
+    pub fn check(&mut self, client: IpAddr, page: Option<Page>, waiter: u64, now: Instant) -> Check {
+        let Some(counters) = self.policy.counters(client, page) else {
             return Check::Ready(Decision::Unlimited);
         };
         let key = ClientKey::of(client);
         if let Some(remote) = self.remote.as_mut().filter(|r| r.is_up()) {
-            remote.submit(id, key, counters, now);
+            remote.submit(waiter, key, counters, now);
             return Check::Pending;
         }
-        let states = self.memory.hit(key, counters.as_slice(), now);
-        Check::Ready(Decision::from_states(counters.as_slice(), &states[..counters.as_slice().len()]))
+        Check::Ready(self.memory.decide(key, &counters, now))
     }
 
     /// Sends the checks of this loop turn on their way (one message for all of them).
@@ -332,15 +306,15 @@ impl Limiter {
         }
     }
 
-    /// Decisions for requests that got `Check::Pending`: answers that arrived, and memory
-    /// decisions for those that waited `REDIS_TIMEOUT_MS` in vain.
-    pub fn take_answers(&mut self, now: Instant) -> Vec<(CheckId, Decision)> {
+    /// Decisions for the waiters of checks that got `Check::Pending`: answers that arrived, and
+    /// memory decisions for those that waited `REDIS_TIMEOUT_MS` in vain.
+    pub fn take_answers(&mut self, now: Instant) -> Vec<(u64, Decision)> {
         self.remote.as_mut().map_or_else(Vec::new, |r| r.take_answers(now))
     }
 
     /// When `take_answers` must next be called even if no answer arrives.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.remote.as_ref().and_then(redis::Remote::next_deadline)
+        self.remote.as_ref().and_then(remote::Remote::next_deadline)
     }
 }
 
@@ -430,22 +404,24 @@ mod tests {
     fn policy_counters() {
         let p = policy();
         let ip = "192.0.2.1".parse().unwrap();
-        let c = p.counters(ip, "/status").unwrap();
-        assert_eq!(c.as_slice(), &[(CounterId::Global, p.default), (CounterId::Status, p.endpoint)]);
-        let c = p.counters(ip, "/health").unwrap();
-        assert_eq!(c.as_slice()[1].0, CounterId::Health);
-        assert_eq!(p.counters(ip, "/other").unwrap().as_slice(), &[(CounterId::Global, p.default)]);
-        assert_eq!(p.counters(ip, "/status/").unwrap().as_slice().len(), 1, "paths compare exactly");
-        assert_eq!(p.counters("10.1.2.3".parse().unwrap(), "/status"), None, "exempt");
-        assert_eq!(p.counters("::ffff:10.1.2.3".parse().unwrap(), "/status"), None, "mapped exempt");
+        let status = Page::of("/status");
+        let c = p.counters(ip, status).unwrap();
+        assert_eq!(c.as_slice(), &[(CounterId::Global, p.default), (CounterId::Page(Page::Status), p.endpoint)]);
+        let c = p.counters(ip, Page::of("/health")).unwrap();
+        assert_eq!(c.as_slice()[1].0, CounterId::Page(Page::Health));
+        assert_eq!(p.counters(ip, Page::of("/other")).unwrap().as_slice(), &[(CounterId::Global, p.default)]);
+        assert_eq!(p.counters(ip, Page::of("/status/")).unwrap().as_slice().len(), 1, "paths compare exactly");
+        assert_eq!(p.counters("10.1.2.3".parse().unwrap(), status), None, "exempt");
+        assert_eq!(p.counters("::ffff:10.1.2.3".parse().unwrap(), status), None, "mapped exempt");
         let off = Policy { enabled: false, ..policy() };
-        assert_eq!(off.counters(ip, "/status"), None);
+        assert_eq!(off.counters(ip, status), None);
+        assert_eq!(CounterId::Page(Page::Health).index(), CounterId::COUNT - 1);
     }
 
     #[test]
     fn decision_picks_fewest_remaining_then_later_reset() {
         let g = (CounterId::Global, Rate::per_minute(100));
-        let s = (CounterId::Status, Rate::per_minute(10));
+        let s = (CounterId::Page(Page::Status), Rate::per_minute(10));
         let st = |count, ttl_ms| CounterState { count, ttl_ms };
         let d = Decision::from_states(&[g, s], &[st(5, 30_000), st(3, 59_001)]);
         assert_eq!(d, Decision::Limited { allowed: true, rate: s.1, remaining: 7, reset_secs: 60 });
@@ -454,7 +430,7 @@ mod tests {
         assert_eq!(d, Decision::Limited { allowed: true, rate: s.1, remaining: 0, reset_secs: 2 });
         // One past it: refused.
         let d = Decision::from_states(&[g, s], &[st(50, 1_000), st(11, 2_000)]);
-        assert!(!d.allowed());
+        assert!(matches!(d, Decision::Limited { allowed: false, .. }));
         // Both exhausted: the later reset wins, so Retry-After covers both.
         let d = Decision::from_states(&[g, s], &[st(101, 9_000), st(11, 2_000)]);
         assert_eq!(d, Decision::Limited { allowed: false, rate: g.1, remaining: 0, reset_secs: 9 });

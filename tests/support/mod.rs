@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod redis;
+pub mod requests;
 
 use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};

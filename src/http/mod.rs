@@ -12,7 +12,11 @@
 
 use std::fmt;
 
-use crate::config::{MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_HEADERS};
+use crate::decimal;
+use crate::limits::{MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_HEADERS};
+
+mod chunked;
+pub use chunked::{ChunkedDecoder, Fed};
 
 /// The protocol versions we speak. Others get 505.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,13 +40,15 @@ pub enum Framing {
 #[derive(Debug)]
 pub struct Head<'h, 'b> {
     pub method: &'b str,
-    /// The request target as sent: origin-form, absolute-form or `*`.
-    pub target: &'b str,
+    /// The request target, split once.
+    pub target: Target<'b>,
     pub version: Version,
     pub headers: &'h [httparse::Header<'b>],
     /// Bytes of input the head took, blank line included.
     pub len: usize,
-    /// The `Host` field, validated (see `valid_host`); `None` only for HTTP/1.0 without one.
+    /// The request's host, validated (see `valid_host`): an absolute-form target's authority, which
+    /// takes precedence (RFC 9112 §3.2.2), else the `Host` field; `None` only for HTTP/1.0 without
+    /// either.
     pub host: Option<&'b str>,
     /// Whether the client wants the connection kept open after this request.
     pub keep_alive: bool,
@@ -138,7 +144,7 @@ pub fn parse_head<'h, 'b>(
         return Err(HttpError::BadRequest("incomplete request line"));
     };
     let version = if version == 0 { Version::Http10 } else { Version::Http11 };
-    check_target(method, target)?;
+    let target = Target::parse(method, target)?;
     let fields = Fields::scan(req.headers)?;
     let host = match (version, fields.host_count) {
         (_, 0) if version == Version::Http10 => None,
@@ -151,6 +157,7 @@ pub fn parse_head<'h, 'b>(
     {
         return Err(HttpError::BadRequest("malformed Host"));
     }
+    let host = target.authority.or(host);
     let framing = framing(version, &fields)?;
     let keep_alive = !fields.close && (version == Version::Http11 || fields.keep_alive);
     Ok(Parse::Complete(Head {
@@ -215,49 +222,49 @@ fn has_bare_lf(head: &[u8]) -> bool {
     head.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
-/// Origin-form (`/path?query`), absolute-form (`http://host/path`) or, for OPTIONS, `*`.
-/// Authority-form (CONNECT's `host:port`) and anything else are malformed here.
-fn check_target(method: &str, target: &str) -> Result<(), HttpError> {
-    if target.starts_with('/') || (target == "*" && method == "OPTIONS") {
-        return Ok(());
-    }
-    match split_target(target) {
-        Target { authority: Some(a), .. } if valid_host(a.as_bytes()) => Ok(()),
-        _ => Err(HttpError::BadRequest("malformed request target")),
-    }
-}
-
-/// A request target taken apart.
-#[derive(Debug, PartialEq, Eq)]
+/// A request target, split once: origin-form (`/path?query`), absolute-form (`http://host/path`)
+/// or, for OPTIONS, `*`. Authority-form (CONNECT's `host:port`) and anything else are malformed here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target<'a> {
-    /// The authority of an absolute-form target.
+    /// The target as sent.
+    pub raw: &'a str,
+    /// The authority of an absolute-form target (validated like a `Host`).
     pub authority: Option<&'a str>,
-    /// The path, never empty for a valid target; compared byte for byte (no percent-decoding).
-    pub path: &'a str,
-    /// What follows `?`, without it.
-    pub query: Option<&'a str>,
+    /// Where the path lies in `raw`; a query, if any, follows its end after a `?`. Empty for an
+    /// absolute-form target without a path, which means `/`.
+    pub span: (usize, usize),
 }
 
-/// Splits a target into authority, path and query. The scheme of an absolute-form target is
-/// matched without regard to case (RFC 3986 §3.1).
-pub fn split_target(target: &str) -> Target<'_> {
-    let (authority, (start, end)) = target_parts(target);
-    let path = if start == end && authority.is_some() { "/" } else { &target[start..end] };
-    Target { authority, path, query: target[end..].strip_prefix('?') }
-}
+impl<'a> Target<'a> {
+    /// Checks and splits `raw`. The scheme of an absolute-form target is matched without regard to
+    /// case (RFC 3986 §3.1).
+    pub fn parse(method: &str, raw: &'a str) -> Result<Target<'a>, HttpError> {
+        let bad = Err(HttpError::BadRequest("malformed request target"));
+        let (start, authority) = match scheme_rest(raw) {
+            Some(rest) => {
+                let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                if !valid_host(&rest.as_bytes()[..end]) {
+                    return bad;
+                }
+                (raw.len() - rest.len() + end, Some(&rest[..end]))
+            }
+            None if raw.starts_with('/') || (raw == "*" && method == "OPTIONS") => (0, None),
+            None => return bad,
+        };
+        let end = raw[start..].find('?').map_or(raw.len(), |i| start + i);
+        Ok(Target { raw, authority, span: (start, end) })
+    }
 
-/// The authority of an absolute-form target, and where the target's path starts and ends (the
-/// query, if any, follows the end): what `split_target` slices, as positions a request can keep.
-pub fn target_parts(target: &str) -> (Option<&str>, (usize, usize)) {
-    let (start, authority) = match scheme_rest(target) {
-        Some(rest) => {
-            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            (target.len() - rest.len() + end, Some(&rest[..end]))
-        }
-        None => (0, None),
-    };
-    let end = target[start..].find('?').map_or(target.len(), |i| start + i);
-    (authority, (start, end))
+    /// The path, compared byte for byte by routing (no percent-decoding); never empty.
+    pub fn path(&self) -> &'a str {
+        let (start, end) = self.span;
+        if start == end { "/" } else { &self.raw[start..end] }
+    }
+
+    /// What follows the path's `?`, without it.
+    pub fn query(&self) -> Option<&'a str> {
+        self.raw[self.span.1..].strip_prefix('?')
+    }
 }
 
 fn scheme_rest(target: &str) -> Option<&str> {
@@ -288,11 +295,7 @@ pub fn valid_host(host: &[u8]) -> bool {
             None => (host, None),
         }
     };
-    let port_ok = port.is_none_or(|p| {
-        (1..=5).contains(&p.len())
-            && p.iter().all(u8::is_ascii_digit)
-            && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= u32::from(u16::MAX)
-    });
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && decimal::parse(p).is_some_and(|n| n <= u64::from(u16::MAX)));
     let bracketed = host.first() == Some(&b'[');
     port_ok && (bracketed || valid_name(name))
 }
@@ -379,7 +382,7 @@ impl<'b> Fields<'b> {
     fn content_length(&mut self, value: &[u8]) -> Result<(), HttpError> {
         let mut any = false;
         for item in list(value) {
-            let n = parse_decimal(item).ok_or(HttpError::BadRequest("invalid Content-Length"))?;
+            let n = decimal::parse(item).ok_or(HttpError::BadRequest("invalid Content-Length"))?;
             if self.content_length.is_some_and(|old| old != n) {
                 return Err(HttpError::BadRequest("differing Content-Length values"));
             }
@@ -442,15 +445,6 @@ fn framing(version: Version, f: &Fields<'_>) -> Result<Framing, HttpError> {
     }
 }
 
-/// Decimal digits only (no sign, no spaces), saturating at `u64::MAX`: a huge length is still a
-/// length, and gets 413 rather than 400.
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(s.iter().fold(0u64, |n, &d| n.saturating_mul(10).saturating_add(u64::from(d - b'0'))))
-}
-
 /// RFC 9110 §5.6.1 list elements, trimmed, empty ones skipped (`a, ,b` is `a`, `b`).
 fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(trim).filter(|s| !s.is_empty())
@@ -464,132 +458,8 @@ fn trim(s: &[u8]) -> &[u8] {
 }
 
 /// RFC 9110 §5.6.2 token characters.
-fn is_tchar(b: u8) -> bool {
+pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// What `ChunkedDecoder::feed` found.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Fed {
-    /// Bytes of the input that belong to the body (all of it, unless `done`).
-    pub consumed: usize,
-    /// The body ended within the input; bytes after `consumed` are the next request.
-    pub done: bool,
-}
-
-/// An incremental, strict decoder of the chunked coding (RFC 9112 §7.1) that discards the data.
-/// Fed any split of the same bytes, it gives the same result. Every byte of the coding counts
-/// toward `MAX_BODY_BYTES`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ChunkedDecoder {
-    state: Chunk,
-    size: u64,
-    digits: u32,
-    total: u64,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Chunk {
-    /// Reading the chunk size's hex digits.
-    #[default]
-    Size,
-    /// After the size: whitespace and `;ext` up to CR.
-    Extension,
-    /// Expecting the LF that ends the size line.
-    SizeLf,
-    /// Skipping this many data bytes.
-    Data(u64),
-    /// Expecting the CR, then the LF, after a chunk's data.
-    DataCr,
-    DataLf,
-    /// At the start of a trailer line (or of the final empty line).
-    TrailerStart,
-    /// Inside a trailer field line.
-    Trailer,
-    /// Expecting the LF ending a trailer line.
-    TrailerLf,
-    /// Expecting the LF of the final empty line.
-    EndLf,
-    /// The body is over.
-    Done,
-}
-
-impl ChunkedDecoder {
-    pub fn feed(&mut self, input: &[u8]) -> Result<Fed, HttpError> {
-        let mut i = 0;
-        while i < input.len() && self.state != Chunk::Done {
-            if let Chunk::Data(left) = self.state {
-                let take = left.min((input.len() - i) as u64);
-                self.count(take)?;
-                i += take as usize;
-                self.state = if take == left { Chunk::DataCr } else { Chunk::Data(left - take) };
-                continue;
-            }
-            self.count(1)?;
-            self.state = self.step(input[i])?;
-            i += 1;
-        }
-        Ok(Fed { consumed: i, done: self.state == Chunk::Done })
-    }
-
-    fn count(&mut self, n: u64) -> Result<(), HttpError> {
-        self.total = self.total.saturating_add(n);
-        if self.total > MAX_BODY_BYTES { Err(HttpError::BodyTooLarge) } else { Ok(()) }
-    }
-
-    fn step(&mut self, b: u8) -> Result<Chunk, HttpError> {
-        let bad = |why| Err(HttpError::BadRequest(why));
-        Ok(match self.state {
-            Chunk::Size => match b {
-                b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                    let digit = (b as char).to_digit(16).unwrap_or(0);
-                    self.size = self.size.saturating_mul(16).saturating_add(u64::from(digit));
-                    self.digits += 1;
-                    if self.size > MAX_BODY_BYTES {
-                        return Err(HttpError::BodyTooLarge);
-                    }
-                    Chunk::Size
-                }
-                _ if self.digits == 0 => return bad("missing chunk size"),
-                b'\r' => Chunk::SizeLf,
-                b';' | b' ' | b'\t' => Chunk::Extension,
-                _ => return bad("invalid chunk size"),
-            },
-            Chunk::Extension => match b {
-                b'\r' => Chunk::SizeLf,
-                b'\t' | b' '..=b'~' | 0x80.. => Chunk::Extension,
-                _ => return bad("invalid byte in chunk extension"),
-            },
-            Chunk::SizeLf => match (b, self.size) {
-                (b'\n', 0) => Chunk::TrailerStart,
-                (b'\n', size) => Chunk::Data(size),
-                _ => return bad("chunk size line not ended by CRLF"),
-            },
-            // Data is skipped in bulk by `feed`, never byte by byte.
-            Chunk::Data(left) => Chunk::Data(left),
-            Chunk::DataCr if b == b'\r' => Chunk::DataLf,
-            Chunk::DataLf if b == b'\n' => {
-                self.size = 0;
-                self.digits = 0;
-                Chunk::Size
-            }
-            Chunk::DataCr | Chunk::DataLf => return bad("chunk data not followed by CRLF"),
-            Chunk::TrailerStart => match b {
-                b'\r' => Chunk::EndLf,
-                _ if is_tchar(b) => Chunk::Trailer,
-                _ => return bad("invalid trailer field"),
-            },
-            Chunk::Trailer => match b {
-                b'\r' => Chunk::TrailerLf,
-                b'\t' | b' '..=b'~' | 0x80.. => Chunk::Trailer,
-                _ => return bad("invalid byte in trailer field"),
-            },
-            Chunk::TrailerLf if b == b'\n' => Chunk::TrailerStart,
-            Chunk::EndLf if b == b'\n' => Chunk::Done,
-            Chunk::TrailerLf | Chunk::EndLf => return bad("trailer line not ended by CRLF"),
-            Chunk::Done => Chunk::Done,
-        })
-    }
 }
 
 #[cfg(test)]

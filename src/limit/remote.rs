@@ -21,8 +21,76 @@ use std::time::{Duration, Instant};
 
 use redis::{ConnectionLike as _, Value};
 
-use super::{CheckId, ClientKey, CounterId, CounterState, Counters, Decision, MemoryStore};
-use crate::config::RedisUrl;
+use super::{ClientKey, CounterId, CounterState, Counters, Decision, MemoryStore};
+use crate::decimal;
+use crate::limits::{FIRST_REDIS_BACKOFF, MAX_REDIS_BACKOFF, MAX_REDIS_BATCH};
+
+/// What the Redis store is told at startup (from `REDIS_*`, SPEC §1).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub url: RedisUrl,
+    pub connect_retries: u32,
+    /// Longest a request waits for a decision; also every Redis operation's timeout.
+    pub timeout: Duration,
+}
+
+/// A `REDIS_URL` that passed our checks (scheme `redis://`). The `redis` crate parses the rest.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// Accepts `redis://` URLs only: anything else (notably `rediss://`, which this build cannot
+    /// speak) is an error rather than a silent fallback to the in-memory store. SPEC §1.
+    pub fn parse(v: &str) -> Option<RedisUrl> {
+        let rest = v.strip_prefix("redis://")?;
+        let authority = rest.split('/').next().unwrap_or("");
+        let host_port = authority.rsplit('@').next().unwrap_or("");
+        // A '#' means nothing to Redis: most likely an unencoded '#' in a password, which a URL
+        // parser would take for the start of a fragment, silently dropping the rest. Say so instead.
+        if host_port.is_empty() || !v.is_ascii() || v.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'#') {
+            return None;
+        }
+        // The rest (port, database number, percent-encoding) is checked by the crate that will use it.
+        redis::IntoConnectionInfo::into_connection_info(v).ok()?;
+        Some(RedisUrl(v.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`, for logs and error messages.
+    pub fn redacted(&self) -> String {
+        redact_userinfo(&self.0)
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// `scheme://user:pass@rest` → `scheme://user:***@rest` (and a lone `token@` → `***@`). Text that
+/// isn't such a URL is shown as `***` whole if it contains an `@` at all: better unhelpful than a
+/// leaked password.
+pub fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return if url.contains('@') { "***".into() } else { url.to_owned() };
+    };
+    // The userinfo ends at the last '@' (a password may itself contain '/', '?' or '@').
+    match rest.rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let shown = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".into(),
+            };
+            format!("{scheme}://{shown}{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
 
 /// INCR each counter; give it its window (PEXPIRE, milliseconds) when it was just created, or when
 /// it somehow has no expiry (so every key always expires); return each count and its PTTL.
@@ -44,13 +112,6 @@ for i, key in ipairs(KEYS) do
 end
 return table.concat(out, ' ')
 ";
-
-/// Longest wait between reconnection attempts while Redis is down.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// First wait between attempts; doubles up to `MAX_BACKOFF`.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// Most checks sent in one pipeline; more wait for the next round trip.
-const MAX_BATCH: usize = 1024;
 
 /// The Redis key of one counter. The client key is a hash tag (`{...}`), so a request's keys
 /// share a slot if the Redis behind the URL is ever a cluster proxy.
@@ -89,11 +150,11 @@ fn push_key_prefix(out: &mut String, client: ClientKey) {
     out.push_str("}:");
 }
 
-/// One check on its way to Redis.
+/// One check on its way to Redis: `seq` numbers it within its worker's `Remote`.
 #[derive(Debug, Clone, Copy)]
 struct Job {
     worker: usize,
-    id: CheckId,
+    seq: u64,
     key: ClientKey,
     counters: Counters,
 }
@@ -126,18 +187,18 @@ pub struct Stats {
     pub fallbacks: AtomicU64,
 }
 
-/// Connects (with `retries` attempts and backoff), loads the script, and starts the limiter
+/// Connects (with `connect_retries` attempts and backoff), loads the script, and starts the limiter
 /// thread. Returns one `Remote` per worker waker, in order.
 pub fn start(
-    url: &RedisUrl,
-    retries: u32,
-    timeout: Duration,
+    settings: &Settings,
     memory: Arc<MemoryStore>,
     wakers: Vec<Arc<mio::Waker>>,
 ) -> Result<(Vec<Remote>, Arc<Stats>), StartError> {
+    let Settings { url, connect_retries: retries, timeout } = settings;
+    let (retries, timeout) = (*retries, *timeout);
     let fail = |attempts, cause| StartError { url: url.redacted(), attempts, cause };
     let client = redis::Client::open(url.as_str()).map_err(|e| fail(0, e))?;
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = FIRST_REDIS_BACKOFF;
     let mut attempt = 0;
     let (conn, sha) = loop {
         attempt += 1;
@@ -151,7 +212,7 @@ pub fn start(
             Err(e) => {
                 log::warn!("Redis at {} not ready (attempt {attempt} of {retries}): {e}", url.redacted());
                 thread::sleep(backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = (backoff * 2).min(MAX_REDIS_BACKOFF);
             }
         }
     };
@@ -169,6 +230,7 @@ pub fn start(
             jobs: jobs_tx.clone(),
             answers: answers_rx,
             up: Arc::clone(&up),
+            next_seq: 0,
             waiting: HashMap::new(),
             deadlines: VecDeque::new(),
             timeout,
@@ -226,7 +288,7 @@ pub fn parse_reply(reply: &Value, n: usize) -> Result<[CounterState; 2], BadRepl
     if n > 2 {
         return Err(BadReply(format!("{n} counters")));
     }
-    let mut numbers = text.split(|&b| b == b' ').filter(|_| !text.is_empty()).map(parse_decimal);
+    let mut numbers = text.split(|&b| b == b' ').filter(|_| !text.is_empty()).map(parse_number);
     let mut out = [CounterState { count: 0, ttl_ms: 0 }; 2];
     for slot in out.iter_mut().take(n) {
         match (numbers.next(), numbers.next()) {
@@ -240,12 +302,12 @@ pub fn parse_reply(reply: &Value, n: usize) -> Result<[CounterState; 2], BadRepl
     Ok(out)
 }
 
-/// 1 to 19 ASCII digits (no sign, no spaces, no leading zero), as u64: how Lua writes them.
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) || (s.len() > 1 && s[0] == b'0') {
+/// 1 to 19 ASCII digits, no leading zero: how Lua writes the numbers it can hold exactly.
+fn parse_number(s: &[u8]) -> Option<u64> {
+    if s.len() > 19 || (s.len() > 1 && s[0] == b'0') {
         return None;
     }
-    Some(s.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
+    decimal::parse(s)
 }
 
 fn is_noscript(v: &Value) -> bool {
@@ -254,7 +316,7 @@ fn is_noscript(v: &Value) -> bool {
 
 /// Where a worker's answers go.
 struct Outlet {
-    answers: Sender<Vec<(CheckId, Decision)>>,
+    answers: Sender<Vec<(u64, Decision)>>,
     waker: Arc<mio::Waker>,
 }
 
@@ -273,7 +335,7 @@ struct LimiterThread {
 
 impl LimiterThread {
     fn run(mut self) {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = FIRST_REDIS_BACKOFF;
         let mut next_attempt = Instant::now();
         loop {
             if self.conn.is_none() {
@@ -292,14 +354,14 @@ impl LimiterThread {
                     Ok((conn, sha)) => {
                         self.conn = Some(conn);
                         self.sha = sha;
-                        backoff = FIRST_BACKOFF;
+                        backoff = FIRST_REDIS_BACKOFF;
                         self.up.store(true, Ordering::SeqCst);
                         log::info!("Redis at {} is back: rate limits come from Redis again", self.url);
                     }
                     Err(e) => {
                         log::debug!("Redis at {} still down: {e}", self.url);
                         next_attempt = Instant::now() + backoff;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        backoff = (backoff * 2).min(MAX_REDIS_BACKOFF);
                     }
                 }
                 continue;
@@ -315,9 +377,9 @@ impl LimiterThread {
         }
     }
 
-    /// The first message plus everything else already waiting, up to `MAX_BATCH` checks.
+    /// The first message plus everything else already waiting, up to `MAX_REDIS_BATCH` checks.
     fn gather(&self, mut batch: Vec<Job>) -> Vec<Job> {
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_REDIS_BATCH {
             match self.jobs.try_recv() {
                 Ok(more) => batch.extend(more),
                 Err(_) => break,
@@ -375,7 +437,7 @@ impl LimiterThread {
     fn answer_from_memory(&self, batch: &[Job]) {
         self.stats.fallbacks.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let now = Instant::now();
-        self.deliver(batch.iter().map(|job| (job, decide_from_memory(&self.memory, job.key, &job.counters, now))));
+        self.deliver(batch.iter().map(|job| (job, self.memory.decide(job.key, &job.counters, now))));
     }
 
     fn go_down(&mut self, batch: &[Job], why: &dyn fmt::Display) {
@@ -389,10 +451,10 @@ impl LimiterThread {
 
     /// Sends each worker its answers in one message and wakes it once.
     fn deliver<'a>(&self, answers: impl Iterator<Item = (&'a Job, Decision)>) {
-        let mut per_worker: Vec<Vec<(CheckId, Decision)>> = vec![Vec::new(); self.outlets.len()];
+        let mut per_worker: Vec<Vec<(u64, Decision)>> = vec![Vec::new(); self.outlets.len()];
         for (job, decision) in answers {
             if let Some(list) = per_worker.get_mut(job.worker) {
-                list.push((job.id, decision));
+                list.push((job.seq, decision));
             }
         }
         for (outlet, list) in self.outlets.iter().zip(per_worker) {
@@ -404,15 +466,10 @@ impl LimiterThread {
     }
 }
 
-fn decide_from_memory(memory: &MemoryStore, key: ClientKey, counters: &Counters, now: Instant) -> Decision {
-    let counters = counters.as_slice();
-    let states = memory.hit(key, counters, now);
-    Decision::from_states(counters, &states[..counters.len()])
-}
-
-/// A check waiting for its answer.
+/// A check waiting for its answer: whose it is, and what memory needs to decide it instead.
 #[derive(Debug)]
 struct Waiting {
+    waiter: u64,
     key: ClientKey,
     counters: Counters,
 }
@@ -424,12 +481,15 @@ pub struct Remote {
     /// Checks of this loop turn, sent together by `flush`.
     batch: Vec<Job>,
     jobs: Sender<Vec<Job>>,
-    answers: Receiver<Vec<(CheckId, Decision)>>,
+    answers: Receiver<Vec<(u64, Decision)>>,
     up: Arc<AtomicBool>,
+    /// Numbers this worker's checks: an answer names its check, so one that comes after its check
+    /// stopped waiting (decided from memory) can't be taken for a later check of the same waiter.
+    next_seq: u64,
     /// Checks sent and not yet answered, and when each stops waiting (oldest first: every check
     /// waits the same `timeout`, so the deadlines are in order).
-    waiting: HashMap<CheckId, Waiting>,
-    deadlines: VecDeque<(Instant, CheckId)>,
+    waiting: HashMap<u64, Waiting>,
+    deadlines: VecDeque<(Instant, u64)>,
     timeout: Duration,
     memory: Arc<MemoryStore>,
 }
@@ -440,11 +500,13 @@ impl Remote {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Queues a check; it is sent at the end of the loop turn (`flush`).
-    pub fn submit(&mut self, id: CheckId, key: ClientKey, counters: Counters, now: Instant) {
-        self.batch.push(Job { worker: self.worker, id, key, counters });
-        self.waiting.insert(id, Waiting { key, counters });
-        self.deadlines.push_back((now + self.timeout, id));
+    /// Queues a check for `waiter`; it is sent at the end of the loop turn (`flush`).
+    pub fn submit(&mut self, waiter: u64, key: ClientKey, counters: Counters, now: Instant) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.batch.push(Job { worker: self.worker, seq, key, counters });
+        self.waiting.insert(seq, Waiting { waiter, key, counters });
+        self.deadlines.push_back((now + self.timeout, seq));
     }
 
     /// Sends this turn's checks to the limiter thread, in one message.
@@ -460,26 +522,26 @@ impl Remote {
         }
     }
 
-    /// Answers that arrived, and memory decisions for checks whose wait ran out.
-    pub fn take_answers(&mut self, now: Instant) -> Vec<(CheckId, Decision)> {
+    /// Answers that arrived, and memory decisions for checks whose wait ran out, by waiter.
+    pub fn take_answers(&mut self, now: Instant) -> Vec<(u64, Decision)> {
         let mut out = Vec::new();
         while let Ok(list) = self.answers.try_recv() {
-            for (id, decision) in list {
+            for (seq, decision) in list {
                 // Not waiting any more: already decided from memory after its deadline.
-                if self.waiting.remove(&id).is_some() {
-                    out.push((id, decision));
+                if let Some(w) = self.waiting.remove(&seq) {
+                    out.push((w.waiter, decision));
                 }
             }
         }
-        while let Some(&(deadline, id)) = self.deadlines.front() {
-            if self.waiting.contains_key(&id) && deadline > now {
+        while let Some(&(deadline, seq)) = self.deadlines.front() {
+            if self.waiting.contains_key(&seq) && deadline > now {
                 break;
             }
             self.deadlines.pop_front();
             // Answered already, or out of time: then memory decides.
-            if let Some(w) = self.waiting.remove(&id) {
+            if let Some(w) = self.waiting.remove(&seq) {
                 log::debug!("no Redis answer within {:?}: deciding from memory", self.timeout);
-                out.push((id, decide_from_memory(&self.memory, w.key, &w.counters, now)));
+                out.push((w.waiter, self.memory.decide(w.key, &w.counters, now)));
             }
         }
         out
@@ -491,30 +553,30 @@ impl Remote {
     }
 }
 
-/// A `Remote` with no limiter thread behind it, for tests of the waiting side: returns it with
-/// the sender its answers come through.
 #[cfg(test)]
-pub(crate) fn detached(timeout: Duration, memory: Arc<MemoryStore>) -> (Remote, Sender<Vec<(CheckId, Decision)>>) {
-    // No thread receives the jobs: `flush` finds the channel closed and leaves them to deadlines.
-    let (jobs, _) = mpsc::channel();
-    let (answers_tx, answers) = mpsc::channel();
-    let remote = Remote {
-        worker: 0,
-        batch: Vec::new(),
-        jobs,
-        answers,
-        up: Arc::new(AtomicBool::new(true)),
-        waiting: HashMap::new(),
-        deadlines: VecDeque::new(),
-        timeout,
-        memory,
-    };
-    (remote, answers_tx)
-}
-
-#[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
+
+    /// A `Remote` with no limiter thread behind it, for tests of the waiting side: returns it with
+    /// the sender its answers come through.
+    pub fn detached(timeout: Duration, memory: Arc<MemoryStore>) -> (Remote, Sender<Vec<(u64, Decision)>>) {
+        // No thread receives the jobs: `flush` finds the channel closed and leaves them to deadlines.
+        let (jobs, _) = mpsc::channel();
+        let (answers_tx, answers) = mpsc::channel();
+        let remote = Remote {
+            worker: 0,
+            batch: Vec::new(),
+            jobs,
+            answers,
+            up: Arc::new(AtomicBool::new(true)),
+            next_seq: 0,
+            waiting: HashMap::new(),
+            deadlines: VecDeque::new(),
+            timeout,
+            memory,
+        };
+        (remote, answers_tx)
+    }
     use crate::limit::Rate;
 
     #[test]
@@ -530,7 +592,7 @@ mod tests {
         let k = ClientKey::of("192.0.2.1".parse().unwrap());
         assert_eq!(key_name(k, CounterId::Global), "zayzoon:{192.0.2.1}:global");
         let k = ClientKey::of("2001:db8:1:2::5".parse().unwrap());
-        assert_eq!(key_name(k, CounterId::Health), "zayzoon:{2001:db8:1:2::/64}:health");
+        assert_eq!(key_name(k, CounterId::Page(crate::route::Page::Health)), "zayzoon:{2001:db8:1:2::/64}:health");
     }
 
     #[test]
@@ -573,24 +635,45 @@ mod tests {
     #[test]
     fn waiting_checks_fall_back_to_memory_at_their_deadline() {
         let (mut remote, _answers) = detached(Duration::from_millis(100), Arc::new(MemoryStore::default()));
+        let ip = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        remote.submit(39, ClientKey::of(ip), counters(ip), t0);
+        remote.flush();
+        assert_eq!(remote.next_deadline(), Some(t0 + Duration::from_millis(100)));
+        assert!(remote.take_answers(t0 + Duration::from_millis(99)).is_empty());
+        let answers = remote.take_answers(t0 + Duration::from_millis(100));
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].0, 39);
+        assert!(matches!(answers[0].1, Decision::Limited { allowed: true, remaining: 0, .. }));
+        assert_eq!(remote.next_deadline(), None);
+    }
+
+    fn counters(ip: std::net::IpAddr) -> Counters {
         let policy = crate::limit::Policy {
             enabled: true,
             default: Rate::per_minute(5),
             endpoint: Rate::per_minute(1),
             exempt: vec![],
         };
+        policy.counters(ip, Some(crate::route::Page::Status)).unwrap()
+    }
+
+    /// An answer that comes after its check was decided from memory must not be taken for the
+    /// answer to the same waiter's next check.
+    #[test]
+    fn a_late_answer_does_not_answer_a_later_check() {
+        let (mut remote, answers) = detached(Duration::from_millis(100), Arc::new(MemoryStore::default()));
         let ip = "192.0.2.1".parse().unwrap();
-        let counters = policy.counters(ip, "/status").unwrap();
         let t0 = Instant::now();
-        let id = CheckId { conn: crate::limit::Ticket { slot: 3, serial: 9 }, request: 2 };
-        remote.submit(id, ClientKey::of(ip), counters, t0);
-        remote.flush();
-        assert_eq!(remote.next_deadline(), Some(t0 + Duration::from_millis(100)));
-        assert!(remote.take_answers(t0 + Duration::from_millis(99)).is_empty());
-        let answers = remote.take_answers(t0 + Duration::from_millis(100));
-        assert_eq!(answers.len(), 1);
-        assert_eq!(answers[0].0, id);
-        assert!(answers[0].1.allowed());
-        assert_eq!(remote.next_deadline(), None);
+        remote.submit(7, ClientKey::of(ip), counters(ip), t0);
+        let late = remote.take_answers(t0 + Duration::from_millis(100));
+        assert_eq!(late.len(), 1, "decided from memory");
+        remote.submit(7, ClientKey::of(ip), counters(ip), t0 + Duration::from_millis(100));
+        let refused = Decision::Limited { allowed: false, rate: Rate::per_minute(1), remaining: 0, reset_secs: 9 };
+        answers.send(vec![(0, refused)]).unwrap(); // the first check's answer, late
+        assert!(remote.take_answers(t0 + Duration::from_millis(150)).is_empty());
+        let ok = Decision::Limited { allowed: true, rate: Rate::per_minute(1), remaining: 0, reset_secs: 60 };
+        answers.send(vec![(1, ok)]).unwrap();
+        assert_eq!(remote.take_answers(t0 + Duration::from_millis(150)), [(7, ok)]);
     }
 }
