@@ -17,6 +17,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::requests::{chunked_of_wire_size, head_of_size, with_body, with_fields};
 use support::{PATIENCE, Response, Server, closed_by_server, read_response, read_to_close};
 
 const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: example.com\r\n\r\n";
@@ -402,39 +403,6 @@ enum Expect {
     Served(u16),
 }
 
-fn head_of_size(size: usize) -> Vec<u8> {
-    let start = b"GET /health HTTP/1.1\r\nHost: a\r\nX-Pad: ";
-    let mut head = start.to_vec();
-    head.resize(size - 4, b'p');
-    head.extend_from_slice(b"\r\n\r\n");
-    head
-}
-
-fn with_fields(n: usize) -> Vec<u8> {
-    let mut head = b"GET /health HTTP/1.1\r\nHost: a\r\n".to_vec();
-    for i in 1..n {
-        head.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
-    }
-    head.extend_from_slice(b"\r\n");
-    head
-}
-
-fn chunked_of_wire_size(total: usize) -> Vec<u8> {
-    // One chunk of data, sized so that size line, data, CRLF and the last chunk make `total`.
-    let data = total - "0000\r\n".len() - 2 - "0\r\n\r\n".len();
-    let mut body = format!("{data:04x}\r\n").into_bytes();
-    body.resize(body.len() + data, b'd');
-    body.extend_from_slice(b"\r\n0\r\n\r\n");
-    assert_eq!(body.len(), total);
-    body
-}
-
-fn with_body(head: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = head.as_bytes().to_vec();
-    out.extend_from_slice(body);
-    out
-}
-
 /// Every kind of malformed or oversized head SPEC §2 names, each limit at and one past it, sent in
 /// one write and again in small pieces: the same status either way (the split must not matter),
 /// the fixed JSON body with the reason phrase, every security header, and a close after errors.
@@ -506,6 +474,12 @@ fn malformed_and_oversized_heads() {
         ),
         ("empty Content-Length", h("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\n"), Expect::Close(400)),
         (
+            "Content-Length not a number",
+            h("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3x\r\n\r\nabc"),
+            Expect::Close(400),
+        ),
+        ("negative Content-Length", h("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n"), Expect::Close(400)),
+        (
             "chunked twice",
             h("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Expect::Close(400),
@@ -554,6 +528,7 @@ fn malformed_and_oversized_heads() {
         ),
         ("HTTP/2.0", h("GET /health HTTP/2.0\r\nHost: a\r\n\r\n"), Expect::Close(505)),
         ("HTTP/1.2", h("GET /health HTTP/1.2\r\nHost: a\r\n\r\n"), Expect::Close(505)),
+        ("HTTP/0.9", h("GET /health HTTP/0.9\r\n\r\n"), Expect::Close(505)),
         ("HTTP/2 preface", h("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Expect::Close(505)),
         // 408: a head that never ends.
         ("head never ends", h("GET /health HTTP/1.1\r\nHost: a\r\n"), Expect::Close(408)),
