@@ -61,6 +61,7 @@ pub const VARS: &[Var] = &[
     var("SHUTDOWN_GRACE_S", "20", "drain time after SIGTERM/SIGINT"),
     var("LOG_LEVEL", "info", "error, warn, info, debug or trace"),
     var("ACCESS_LOG", "true", "one line per request"),
+    var("LOG_FORMAT", "text", "text (LEVEL [target] message) or json (one JSON object per line)"),
 ];
 
 /// The server's effective configuration: the settings of each module that needs some.
@@ -141,6 +142,7 @@ impl Config {
             log: logger::Settings {
                 level: env.parse("LOG_LEVEL", parse_level, "one of error, warn, info, debug, trace")?,
                 access_log: env.boolean("ACCESS_LOG")?,
+                format: env.parse("LOG_FORMAT", parse_log_format, "text or json")?,
             },
         })
     }
@@ -153,7 +155,7 @@ impl Config {
             "workers={} max_connections={} store={} redis_connect_retries={retries} redis_timeout_ms={timeout} \
              rate_limit_enabled={} rate_limit_default=\"{}\" rate_limit_endpoint=\"{}\" rate_limit_exempt=\"{}\" \
              trusted_proxy_hops={} public_host={} keepalive_timeout_s={} header_timeout_s={} \
-             shutdown_grace_s={} log_level={} access_log={}",
+             shutdown_grace_s={} log_level={} access_log={} log_format={}",
             self.workers,
             self.max_connections,
             self.redis.as_ref().map_or_else(|| "memory".to_owned(), |r| r.url.redacted()),
@@ -168,6 +170,7 @@ impl Config {
             self.shutdown_grace.as_secs(),
             self.log.level.as_str().to_ascii_lowercase(),
             self.log.access_log,
+            if self.log.format == logger::Format::Json { "json" } else { "text" },
         )
     }
 }
@@ -247,6 +250,14 @@ fn number(v: &str, min: u64, max: u64) -> Option<u64> {
     decimal::parse(v.as_bytes()).filter(|n| (min..=max).contains(n))
 }
 
+fn parse_log_format(v: &str) -> Option<logger::Format> {
+    match v.to_ascii_lowercase().as_str() {
+        "text" => Some(logger::Format::Text),
+        "json" => Some(logger::Format::Json),
+        _ => None,
+    }
+}
+
 fn parse_level(v: &str) -> Option<log::LevelFilter> {
     use log::LevelFilter::*;
     Some(match v.to_ascii_lowercase().as_str() {
@@ -301,6 +312,7 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(20));
         assert_eq!(c.log.level, log::LevelFilter::Info);
         assert!(c.log.access_log);
+        assert_eq!(c.log.format, logger::Format::Text);
     }
 
     #[test]
@@ -435,6 +447,13 @@ mod tests {
     fn log_level() {
         assert_eq!(load(&[("LOG_LEVEL", "DEBUG")]).unwrap().log.level, log::LevelFilter::Debug);
         rejects("LOG_LEVEL", "verbose");
+    }
+
+    #[test]
+    fn log_format() {
+        assert_eq!(load(&[("LOG_FORMAT", "JSON")]).unwrap().log.format, logger::Format::Json);
+        assert_eq!(load(&[("LOG_FORMAT", "text")]).unwrap().log.format, logger::Format::Text);
+        rejects("LOG_FORMAT", "xml");
     }
 
     #[test]

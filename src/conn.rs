@@ -122,8 +122,9 @@ pub struct Session {
     started: Instant,
     /// The client closed its sending side: answer what it completed, then close.
     peer_closed: bool,
-    /// The last request's text buffer, for the next one (see `app::Request`).
+    /// The last request's buffers, for the next one (see `app::Request`).
     spare_text: String,
+    spare_logged: Vec<u8>,
 }
 
 impl Session {
@@ -139,6 +140,7 @@ impl Session {
             started: ctx.now,
             peer_closed: false,
             spare_text: String::new(),
+            spare_logged: Vec::new(),
         }
     }
 
@@ -330,6 +332,9 @@ impl Session {
         };
         let forwarded = proxy::resolve(self.peer, ctx.settings.trusted_proxy_hops, head.headers);
         let mut req = Request::new(std::mem::take(&mut self.spare_text), &head, forwarded);
+        if logger::access_enabled() {
+            req.keep_logged_fields(std::mem::take(&mut self.spare_logged), &head);
+        }
         match head.framing {
             Framing::None => self.dispatch(req, false, ctx),
             _ if head.expect_continue => {
@@ -390,7 +395,7 @@ impl Session {
             (true, true) => End::Linger,
         };
         self.queue(Some(&req), resp, end, ctx);
-        self.spare_text = req.into_text();
+        (self.spare_text, self.spare_logged) = req.into_buffers();
     }
 
     /// Answers an unusable request (or a timed-out one) with its error, and closes lingering:
@@ -416,7 +421,18 @@ impl Session {
         };
         let duration_us = Instant::now().saturating_duration_since(self.started).as_micros() as u64;
         let status = resp.status;
-        logger::access(&Access { unix_ms: ctx.wall_ms, client, method, path, status, bytes, duration_us });
+        let (user_agent, trace_id) = req.map_or((None, None), |r| (r.user_agent(), r.trace_id()));
+        logger::access(&Access {
+            unix_ms: ctx.wall_ms,
+            client,
+            method,
+            path,
+            status,
+            bytes,
+            duration_us,
+            user_agent,
+            trace_id,
+        });
         self.state = match end {
             End::KeepOpen => State::Idle,
             End::Close => State::Closing { linger: false },
