@@ -39,6 +39,7 @@ pub fn ctx(settings: Settings, policy: Policy, memory: Arc<MemoryStore>) -> Ctx 
         limiter: Limiter::new(Arc::new(policy), memory, None),
         renderer: Renderer::new(WALL_MS),
         draining: false,
+        metrics: None,
     }
 }
 
