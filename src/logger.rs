@@ -97,7 +97,7 @@ thread_local! {
 /// one `write_all` under the stdout lock. No level applies: the `log` records and access records
 /// come here once their level lets them, and the metrics' EMF lines come here directly, since SPEC
 /// §6 writes them whatever `LOG_LEVEL` and `ACCESS_LOG` say.
-pub fn write_line(format: impl FnOnce(&mut String)) {
+pub fn write_line(format: &dyn Fn(&mut String)) {
     LINE.with(|line| {
         // A record whose arguments log in turn would find the buffer borrowed: format that one into
         // a fresh string rather than panic.
@@ -122,8 +122,8 @@ impl Log for Logger {
     fn log(&self, record: &Record<'_>) {
         if self.enabled(record.metadata()) {
             match self.format {
-                Format::Text => write_line(|buf| Logger::format(record, buf)),
-                Format::Json => write_line(|buf| json_record(record, clock::unix_millis_now(), buf)),
+                Format::Text => write_line(&|buf| Logger::format(record, buf)),
+                Format::Json => write_line(&|buf| json_record(record, clock::unix_millis_now(), buf)),
             }
         }
     }
@@ -160,8 +160,8 @@ pub fn access_enabled() -> bool {
 pub fn access(record: &Access<'_>) {
     let Some(logger) = LOGGER.get().filter(|l| l.access >= LevelFilter::Info) else { return };
     match logger.format {
-        Format::Text => write_line(|buf| access_line(record, buf)),
-        Format::Json => write_line(|buf| access_json(record, buf)),
+        Format::Text => write_line(&|buf| access_line(record, buf)),
+        Format::Json => write_line(&|buf| access_json(record, buf)),
     }
 }
 
