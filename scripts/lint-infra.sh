@@ -96,6 +96,23 @@ run "actionlint $(actionlint --version | head -n1 | awk '{print $NF}') + shellch
   actionlint -shellcheck "$venv/bin/shellcheck" "${workflows[@]}"
 run "shellcheck scripts" shellcheck "${scripts[@]}"
 
+# The stack's Rules, evaluated for every parameter pair they guard; then the same check against a
+# copy with one rule loosened, which must fail (the check can fail, so its pass means something).
+rules_negative_control() {
+  local loose out
+  loose="$(mktemp --suffix .yaml)"
+  sed 's/- \["1024", "2048", "3072", "4096"\]/- ["512", "1024", "2048", "3072", "4096"]/' \
+    infra/cloudformation.yaml > "$loose"
+  if out="$(python scripts/check-stack-rules.py "$loose")"; then
+    echo "a template that lets TaskCpu 512 run with 512 MiB passed:"; echo "$out"; rm -f "$loose"; return 1
+  fi
+  rm -f "$loose"
+  grep -q 'TaskCpu=512 TaskMemory=512' <<< "$out" || { echo "$out"; return 1; }
+  echo "    (as it should) $(grep 'TaskCpu=512 TaskMemory=512' <<< "$out")"
+}
+run "stack rules (Fargate CPU/memory, MinCapacity <= MaxCapacity)" python scripts/check-stack-rules.py
+run "stack rules check fails on a loosened rule" rules_negative_control
+
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "lint-infra: failed: ${failed[*]}"
   exit 1
