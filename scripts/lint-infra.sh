@@ -112,6 +112,7 @@ rules_negative_control() {
 }
 run "stack rules (Fargate CPU/memory, MinCapacity <= MaxCapacity)" python scripts/check-stack-rules.py
 run "stack rules check fails on a loosened rule" rules_negative_control
+run "dashboard body and alarm metrics" python scripts/check-dashboard.py
 
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "lint-infra: failed: ${failed[*]}"
