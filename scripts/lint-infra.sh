@@ -114,6 +114,20 @@ run "stack rules (Fargate CPU/memory, MinCapacity <= MaxCapacity)" python script
 run "stack rules check fails on a loosened rule" rules_negative_control
 run "dashboard body and alarm metrics" python scripts/check-dashboard.py
 
+# CloudFormation's role against every handler permission of every resource type in the stack, from
+# the schemas inside the pinned cfn-lint; then the negative control: the same role without one
+# action the stack needs must be reported, by name.
+handler_negative_control() {
+  local out
+  if out="$(python scripts/check-handler-permissions.py --without route53:ListHostedZones)"; then
+    echo "the role without route53:ListHostedZones passed:"; echo "$out"; return 1
+  fi
+  grep -q 'MISSING AWS::Route53::RecordSet: route53:ListHostedZones' <<< "$out" || { echo "$out"; return 1; }
+  echo "    (as it should) $(grep MISSING <<< "$out")"
+}
+run "CloudFormation role covers the stack's handler permissions" python scripts/check-handler-permissions.py
+run "handler permission check fails on a role without route53:ListHostedZones" handler_negative_control
+
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "lint-infra: failed: ${failed[*]}"
   exit 1
