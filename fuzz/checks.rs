@@ -12,16 +12,15 @@
 #![allow(dead_code)] // Each fuzz target uses one of these functions, the replay all of them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use zayzoon::config::{Config, VARS, parse_cidr_list};
 use zayzoon::conn::{AfterFlush, Session};
 use zayzoon::http::{self, ChunkedDecoder, Fed, Framing, HttpError, Parse, Target, Version};
-use zayzoon::limit::{Cidr, ClientKey, CounterId, Decision, MemoryStore, Policy, Rate};
+use zayzoon::limit::{Cidr, ClientKey, Decision, Policy, Rate, Strategy};
 use zayzoon::limits::{MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_HEADERS, MAX_PENDING_OUTPUT};
+use zayzoon::limits::{MAX_LIMITS_PER_VAR, MAX_RATE_PERIOD_SECS};
 use zayzoon::proxy::{self, Scheme};
-use zayzoon::route::Page;
 
 /// The session harness of `conn`'s unit tests: the same worker's-eye view of a session.
 #[path = "../src/conn/tests/harness.rs"]
@@ -285,18 +284,17 @@ fn encode_chunked(data: &[u8]) -> Vec<u8> {
 /// `flags` bits: 0 limiting on (2/minute per endpoint, 5/minute in all); 1 the peer is exempt;
 /// 2–3 trusted hops; 4 `PUBLIC_HOST`; 5 draining.
 fn world(flags: u8) -> zayzoon::conn::Ctx {
-    let policy = Policy {
+    let limits = zayzoon::limit::Settings {
         enabled: flags & 1 != 0,
-        default: Rate::per_minute(5),
-        endpoint: Rate::per_minute(2),
         exempt: if flags & 2 != 0 { vec![Cidr::parse("192.0.2.0/24").unwrap()] } else { vec![] },
+        ..harness::limits(5, 2)
     };
     let settings = zayzoon::conn::Settings {
         trusted_proxy_hops: usize::from(flags >> 2 & 3),
         public_host: (flags & 16 != 0).then(|| "example.com".to_owned()),
         ..harness::settings()
     };
-    let mut ctx = harness::ctx(settings, policy, Arc::new(MemoryStore::with_capacity(64)));
+    let mut ctx = harness::ctx(settings, limits, 64);
     ctx.draining = flags & 32 != 0;
     ctx
 }
@@ -651,10 +649,10 @@ pub fn config_env(data: &[u8]) {
         Ok(c) => {
             let set = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
             if let Some(v) = set("RATE_LIMIT_DEFAULT") {
-                assert_eq!(Some(c.policy.default), Rate::parse(v.trim()));
+                assert_eq!(Some(c.policy.default.clone()), Rate::parse_list(v.trim()));
             }
             if let Some(v) = set("RATE_LIMIT_ENDPOINT") {
-                assert_eq!(Some(c.policy.endpoint), Rate::parse(v.trim()));
+                assert_eq!(Some(c.policy.endpoint.clone()), Rate::parse_list(v.trim()));
             }
             if let Some(v) = set("RATE_LIMIT_EXEMPT") {
                 assert_eq!(Some(c.policy.exempt.clone()), parse_cidr_list(v.trim()));
@@ -676,20 +674,23 @@ pub fn config_env(data: &[u8]) {
     }
 }
 
+/// A list that parses prints in a form that parses back to the same list; each limit is in range;
+/// a single limit is a list of one.
 fn check_rate(v: &str) {
+    if let Some(list) = Rate::parse_list(v) {
+        assert!(!list.is_empty() && list.len() <= MAX_LIMITS_PER_VAR, "{v:?}");
+        assert_eq!(Rate::parse_list(&Rate::list(&list)), Some(list.clone()), "{v:?}");
+        for r in &list {
+            assert!((1..=1_000_000_000).contains(&r.limit), "{v:?}");
+            assert!((1..=MAX_RATE_PERIOD_SECS).contains(&r.period_secs()), "{v:?}");
+        }
+    }
     let Some(r) = Rate::parse(v) else { return };
-    assert!((1..=1_000_000_000).contains(&r.limit), "{v:?}");
-    let unit = match r.period_secs {
-        1 => "second",
-        60 => "minute",
-        3_600 => "hour",
-        86_400 => "day",
-        other => panic!("period {other} from {v:?}"),
-    };
-    assert_eq!(Rate::parse(&format!("{}/{unit}", r.limit)), Some(r));
-    assert_eq!(Rate::parse(&format!("{} per {unit}s", r.limit)), Some(r));
+    assert_eq!(Rate::parse(&r.to_string()), Some(r), "{v:?} → {r}");
+    let unit = r.to_string().rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(Rate::parse(&format!("{}/{} {unit}s", r.limit, r.multiple)), Some(r));
     assert_eq!(Rate::parse(&format!(" {v}\t")), Some(r), "surrounding space is ignored");
-    assert_eq!(r.to_string(), format!("{} per 1 {unit}", r.limit));
+    assert_eq!(Rate::parse_list(v), Some(vec![r]), "one limit is a list of one");
 }
 
 fn check_cidrs(v: &str) {
@@ -714,17 +715,26 @@ fn check_cidrs(v: &str) {
 // ---------------------------------------------------------------------------------------------
 // redis_reply: `limit::remote::parse_reply`, on what the `redis` crate makes of a Redis reply.
 
-/// Input: a byte for the number of counters the request touched (0–3), then the bytes of a reply
-/// as a Redis server sends them (RESP2 or RESP3), parsed by the `redis` crate as the limiter
-/// thread's connection does. `parse_reply` accepts exactly a bulk string of `n` ≤ 2 pairs of
-/// decimal numbers separated by single spaces, each a count ≥ 1 and a TTL, and returns them in
-/// order; anything else is an error whose text (which goes to the log) is short. The decision made
-/// from accepted states is consistent with them.
+/// Input: a byte for the number of counters the request touched (0–3, limits of 10, 20 and 30
+/// per minute) and, in its bit 4, the strategy; then the bytes of a reply as a Redis server sends
+/// them (RESP2 or RESP3), parsed by the `redis` crate as the limiter thread's connection does.
+/// `parse_reply` accepts exactly a bulk string of decimal numbers separated by single spaces: for
+/// the fixed window a count ≥ 1 and a TTL per counter, for the token bucket `allowed now` and a
+/// `d` per counter; it returns the states those make, in order; anything else is an error whose
+/// text (which goes to the log) is short. The decision made from accepted states is consistent
+/// with them.
 pub fn redis_reply(data: &[u8]) {
-    let [n, resp @ ..] = data else { return };
-    let n = usize::from(n % 4);
+    let [pick, resp @ ..] = data else { return };
+    let n = usize::from(pick % 4);
+    let strategy = if pick & 16 != 0 { Strategy::TokenBucket } else { Strategy::FixedWindow };
+    let settings = zayzoon::limit::Settings {
+        strategy,
+        default: ["10/minute", "20/minute", "30/minute"][..n].iter().map(|r| Rate::parse(r).unwrap()).collect(),
+        ..harness::limits(1, 1)
+    };
+    let counters = Policy::leak(settings).counters("192.0.2.1".parse().unwrap(), None).unwrap();
     let Ok(value) = redis::parse_redis_value(resp) else { return };
-    match zayzoon::limit::remote::parse_reply(&value, n) {
+    match zayzoon::limit::remote::parse_reply(&value, counters) {
         Ok(states) => {
             let redis::Value::BulkString(text) = &value else { panic!("accepted {value:?}") };
             let text = std::str::from_utf8(text).expect("accepted text is ASCII");
@@ -733,23 +743,35 @@ pub fn redis_reply(data: &[u8]) {
             } else {
                 text.split(' ').map(|s| s.parse().expect("accepted a number")).collect()
             };
-            assert!(n <= 2 && numbers.len() == 2 * n, "{n} counters, {text:?}");
-            for (state, pair) in states.iter().zip(numbers.chunks(2)) {
-                assert!(pair[0] >= 1, "{pair:?}");
-                assert_eq!((state.count, state.ttl_ms), (pair[0], pair[1]));
-                // Written back the way the script writes it, it is the same text.
-            }
-            let written: Vec<String> =
-                states[..n].iter().flat_map(|s| [s.count.to_string(), s.ttl_ms.to_string()]).collect();
-            assert_eq!(written.join(" "), text, "canonical form");
-            let rate = Rate::per_minute(10);
-            let counters = [(CounterId::Global, rate), (CounterId::Page(Page::Status), rate)];
-            match Decision::from_states(&counters[..n], &states[..n]) {
+            assert_eq!(numbers.iter().map(u64::to_string).collect::<Vec<_>>().join(" "), text, "canonical form");
+            let states = &states[..n];
+            let over = match strategy {
+                Strategy::FixedWindow => {
+                    assert_eq!(numbers.len(), 2 * n, "{n} counters, {text:?}");
+                    for ((state, pair), counter) in states.iter().zip(numbers.chunks(2)).zip(counters.iter()) {
+                        assert!(pair[0] >= 1, "{pair:?}");
+                        assert_eq!(*state, counter.fixed_window(pair[0], pair[1].saturating_mul(1000)));
+                    }
+                    numbers.chunks(2).zip(counters.iter()).any(|(p, c)| p[0] > u64::from(c.rate.limit))
+                }
+                Strategy::TokenBucket => {
+                    assert!(numbers.len() == 2 + n && numbers[0] <= 1, "{n} counters, {text:?}");
+                    for ((state, &d), counter) in states.iter().zip(&numbers[2..]).zip(counters.iter()) {
+                        assert_eq!(state.reset_us, d);
+                        assert_eq!(state.over, numbers[0] == 0 && !counter.has_token(d));
+                    }
+                    states.iter().any(|s| s.over)
+                }
+            };
+            match Decision::from_states(counters, states) {
                 Decision::Unlimited => assert_eq!(n, 0),
-                Decision::Limited { allowed, remaining, reset_secs, .. } => {
-                    assert_eq!(allowed, states[..n].iter().all(|s| s.count <= 10));
-                    assert!(remaining <= 10 && reset_secs >= 1);
-                    assert!(allowed || remaining == 0, "refused with {remaining} remaining");
+                Decision::Limited { limit, remaining, reset_secs, refused } => {
+                    assert_eq!(refused.is_some(), over, "{text:?}");
+                    assert!(remaining <= u64::from(limit) && reset_secs >= 1);
+                    if let Some(r) = refused {
+                        assert_eq!(remaining, 0, "refused with {remaining} remaining");
+                        assert!(r.retry_after_secs >= 1);
+                    }
                 }
             }
         }

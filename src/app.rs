@@ -7,7 +7,7 @@
 use crate::http::{self, Head, Target, Version};
 use crate::limit::Decision;
 use crate::proxy::{Forwarded, Scheme};
-use crate::response::{Body, RateHeaders, Response, json_error};
+use crate::response::{Body, RateHeaders, Response};
 use crate::route::Page;
 
 /// What we keep of a request once its head is parsed: owned, so that it can wait for a limiter
@@ -86,16 +86,18 @@ impl Request {
 /// The response to `req`, given the limiter's `decision` and the configured `PUBLIC_HOST`.
 pub fn respond(req: &Request, decision: Decision, public_host: Option<&str>) -> Response {
     let mut resp = route(req, decision, public_host);
-    if let Decision::Limited { allowed, rate, remaining, reset_secs } = decision {
-        resp.rate = Some(RateHeaders { limit: rate.limit, remaining, reset_secs, retry_after: !allowed });
+    if let Decision::Limited { limit, remaining, reset_secs, refused } = decision {
+        let retry_after = refused.map(|r| r.retry_after_secs);
+        resp.rate = Some(RateHeaders { limit, remaining, reset_secs, retry_after });
     }
     resp.head_only = req.method() == "HEAD";
     resp
 }
 
 fn route(req: &Request, decision: Decision, public_host: Option<&str>) -> Response {
-    if let Decision::Limited { allowed: false, rate, .. } = decision {
-        return Response::new(429, Body::Json(json_error(429, &format!("Rate limit exceeded: {rate}"))));
+    if let Decision::Limited { refused: Some(refusal), .. } = decision {
+        // Made once, at startup: a flood of refusals costs no formatting.
+        return Response::new(429, Body::Json(refusal.by.refusal.as_str().into()));
     }
     let path = req.path();
     // A target that is not a path (`OPTIONS *`) has nothing to redirect to.
@@ -136,7 +138,6 @@ fn percent_encode_into(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limit::Rate;
     use crate::response::Connection;
 
     /// The request that `method target` with `host` (HTTP/1.0 without a Host when `None`) parses to.
@@ -253,16 +254,31 @@ mod tests {
 
     #[test]
     fn limits_come_first_and_show_in_headers() {
-        let rate = Rate::per_minute(10);
-        let denied = Decision::Limited { allowed: false, rate, remaining: 0, reset_secs: 17 };
+        use crate::limit::{Policy, Rate, Refusal, Settings, Strategy};
+        let settings = Settings {
+            enabled: true,
+            strategy: Strategy::FixedWindow,
+            default: vec![Rate::per_minute(10)],
+            endpoint: vec![Rate::per_minute(5)],
+            exempt: vec![],
+        };
+        let counters = Policy::leak(settings).counters("203.0.113.9".parse().unwrap(), None).unwrap();
+        let by = counters.iter().next().unwrap();
+        let denied = Decision::Limited {
+            limit: 10,
+            remaining: 0,
+            reset_secs: 17,
+            refused: Some(Refusal { by, retry_after_secs: 9 }),
+        };
         // Over the limit beats the redirect and the 404.
         let r = respond(&req("GET", "/nowhere", Some(Scheme::Http)), denied, None);
         assert_eq!(r.status, 429);
-        assert_eq!(r.body, Body::Json(json_error(429, "Rate limit exceeded: 10 per 1 minute")));
-        assert_eq!(r.rate, Some(RateHeaders { limit: 10, remaining: 0, reset_secs: 17, retry_after: true }));
-        let ok = Decision::Limited { allowed: true, rate, remaining: 3, reset_secs: 5 };
+        let message = r#"{"error":"Too Many Requests","message":"Rate limit exceeded: 10 per 1 minute","status":429}"#;
+        assert_eq!(r.body, Body::Json(message.into()));
+        assert_eq!(r.rate, Some(RateHeaders { limit: 10, remaining: 0, reset_secs: 17, retry_after: Some(9) }));
+        let ok = Decision::Limited { limit: 10, remaining: 3, reset_secs: 5, refused: None };
         let r = respond(&req("GET", "/status", None), ok, None);
-        assert_eq!(r.rate, Some(RateHeaders { limit: 10, remaining: 3, reset_secs: 5, retry_after: false }));
+        assert_eq!(r.rate, Some(RateHeaders { limit: 10, remaining: 3, reset_secs: 5, retry_after: None }));
         assert_eq!(get("/status").rate, None);
         assert_eq!(get("/status").connection, Connection::Default);
     }
