@@ -127,6 +127,7 @@ http_status() {
 
 qemu="$(command -v qemu-aarch64-static)"
 log "$("$qemu" --version | sed -n 1p)"
+: > "$work/server.log"   # there before the first grep, whichever process runs first
 env -i PORT="$port" BIND_ADDR=127.0.0.1 "$qemu" "$binary" serve > "$work/server.log" 2>&1 &
 server_pid=$!
 start="$EPOCHREALTIME"
