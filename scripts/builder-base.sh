@@ -148,7 +148,8 @@ trap 'rm -rf "$work"' EXIT
 
 assemble() {
   local out="$1" root="$work/root" t
-  [ "$(id -u)" -eq 0 ] || die "assembling $from needs root (debootstrap); run as root"
+  [ "$(id -u)" -eq 0 ] \
+    || die "assembling $from needs root (debootstrap); run as root, or with ZAYZOON_BUILDER_BASE=pull where the engine can pull"
   if ! command -v debootstrap > /dev/null; then
     log "installing debootstrap"
     { DEBIAN_FRONTEND=noninteractive apt-get update -qq \

@@ -354,7 +354,6 @@ docker_checks() {
   docker rm -f "$container" > /dev/null
 }
 
-
 image_bytes=""
 binary_bytes=""
 healthcheck_cmd=""
