@@ -3,11 +3,12 @@
 # Docker engine that `docker` talks to (DOCKER_HOST), so that a plain `docker build .` runs the
 # Dockerfile as users run it (SPEC.md §5). scripts/scratch-check.sh calls this before it builds.
 #
-# CI machines here can pull no image, so by default the base is assembled, as the official image
-# is made, from what the machine has:
+# CI machines here can pull no image, so by default the base is assembled, in the official image's
+# layout, from what the machine has:
 #
 #   - a Debian root of the FROM tag's suite: debootstrap --variant=minbase
-#     --include=gcc,libc6-dev,ca-certificates (the official image adds more: curl, git, ...);
+#     --include=gcc,libc6-dev,ca-certificates (the official image adds more: curl, git, ...; and
+#     debootstrap takes the suite's point release, without bookworm-security's newer packages);
 #   - this machine's Rust toolchain of the FROM tag's version, as rustup's minimal profile installs
 #     it (rustc, cargo, rust-std) plus rust-std for this architecture's musl target, copied file by
 #     file from rustup's own component manifests into /usr/local/rustup, with rustup and its proxies
