@@ -7,7 +7,7 @@
 #   - hadolint on the Dockerfile
 #   - actionlint on .github/workflows/*.yml, running ShellCheck over every run: block
 #   - zizmor on the workflows: no finding of medium or high severity
-#   - ShellCheck on this script and scripts/scratch-check.sh
+#   - ShellCheck on the shell scripts of scripts/, bench/ and .ci/
 #   - the stack's Rules evaluated for every parameter pair they guard (scripts/check-stack-rules.py)
 #   - the dashboard body and the alarms' metrics (scripts/check-dashboard.py)
 #   - CloudFormation's role against every handler permission of the stack's resource types
@@ -66,7 +66,7 @@ export BC_SKIP_MAPPING=TRUE CHECKOV_RUN_SCA_PACKAGE_SCAN_V2=false
 
 templates=(infra/cloudformation.yaml infra/bootstrap.yaml)
 workflows=(.github/workflows/*.yml)
-scripts=(scripts/lint-infra.sh scripts/scratch-check.sh)
+scripts=(scripts/*.sh bench/run.sh .ci/run)
 
 failed=()
 run() {
