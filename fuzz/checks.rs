@@ -541,24 +541,36 @@ fn header_line(line: &[u8]) -> Option<(String, &[u8])> {
 // host: `http::valid_host`, `http::host_without_port`, `http::split_target`,
 // `healthcheck::parse_url`.
 
-/// A valid `Host` holds only bytes that are safe in a `Location` (letters, digits, `.-:[]`), its
-/// port-less form is a valid prefix of it followed by nothing or `:port`, a redirect built from it
-/// names exactly that host, and a request carrying it parses with it. `Target::parse` gives parts
-/// that put together make the target again. A URL `parse_url` accepts is made of its parts, and
-/// the request the health check sends for it parses with our own parser.
+/// A valid `Host` holds only bytes that are safe in a `Location` (letters, digits, `-._~` and the
+/// port's `:`, or an IPv6 literal's `[]`): a reg-name accepted is one or more unreserved characters
+/// (RFC 3986 §2.3, SPEC §2), its port up to 5 digits naming at most 65535, or empty. Its port-less
+/// form is a valid prefix of it followed by nothing or `:port`, never ends in `:`, and a redirect
+/// built from it names exactly that host; a request carrying it parses with it. `Target::parse`
+/// gives parts that put together make the target again. A URL `parse_url` accepts is made of its
+/// parts, and the request the health check sends for it parses with our own parser.
 pub fn host(data: &[u8]) {
     if http::valid_host(data) {
-        assert!(data.iter().all(|&b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)), "{data:?}");
+        assert!(data.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b)), "{data:?}");
         let s = std::str::from_utf8(data).unwrap();
+        if !s.starts_with('[') {
+            let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+            let (name, port) = s.split_once(':').map_or((s, None), |(n, p)| (n, Some(p)));
+            assert!(!name.is_empty() && name.bytes().all(unreserved), "reg-name {name:?} of {s:?}");
+            let port_ok = |p: &str| p.is_empty() || p.len() <= 5 && p.parse::<u16>().is_ok();
+            assert!(port.is_none_or(port_ok), "port of {s:?}");
+        }
         let name = http::host_without_port(s);
-        assert!(http::valid_host(name.as_bytes()), "{name:?} of {s:?}");
+        assert!(http::valid_host(name.as_bytes()) && !name.ends_with(':'), "{name:?} of {s:?}");
         let port = &s[name.len()..];
-        assert!(port.is_empty() || port[1..].parse::<u16>().is_ok() && port.starts_with(':'), "{s:?}");
+        assert!(port.is_empty() || port.starts_with(':') && (port == ":" || port[1..].parse::<u16>().is_ok()), "{s:?}");
         let location = format!("https://{name}/p?q");
         let t = Target::parse("GET", &location).unwrap();
         assert_eq!((t.authority, t.path(), t.query()), (Some(name), "/p", Some("q")));
-        match parse(format!("GET / HTTP/1.1\r\nHost: {s}\r\n\r\n").as_bytes()) {
+        let request = format!("GET / HTTP/1.1\r\nHost: {s}\r\n\r\n");
+        match parse(request.as_bytes()) {
             Outcome::Complete(h) => assert_eq!(h.host.as_deref(), Some(s)),
+            // A reg-name has no length limit of its own; the head's 8 KiB is the one.
+            Outcome::Error(e) if request.len() > MAX_HEAD_BYTES => assert_eq!(e.status(), 431),
             other => panic!("Host {s:?}: {other:?}"),
         }
     }

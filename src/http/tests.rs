@@ -255,8 +255,22 @@ rejects! {
     transfer_encoding_chunked_then_gzip: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n" => 501;
 }
 
+/// Issue 14: hosts that real deployments send (Docker Compose service and container names, an
+/// empty port) are served like any other, on every path.
+#[test]
+fn hosts_real_deployments_send() {
+    for host in ["my_app:8443", "zayzoon_web_1", "example.com:", "svc~1.internal", "[::1]:", "_sip._tcp.example"] {
+        let input = format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        complete(input.as_bytes(), |h| assert_eq!(h.host, Some(host)));
+        let input = format!("GET http://{host}/health HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        complete(input.as_bytes(), |h| assert_eq!((h.host, h.target.path()), (Some(host), "/health")));
+    }
+}
+
 #[test]
 fn hosts() {
+    let long_label = "a".repeat(64);
+    let long_name = ["a"; 128].join(".");
     for ok in [
         "example.com",
         "example.com.",
@@ -269,44 +283,110 @@ fn hosts() {
         "[2001:db8::1]",
         "xn--bcher-kva.example",
         "a-b.c-d",
+        // Issue 14: RFC 3986 reg-names of unreserved characters, and an empty port.
+        "my_app:8443",
+        "zayzoon_web_1",
+        "exam_ple.com",
+        "svc~1.internal",
+        "_sip._tcp.example",
+        "example.com:",
+        "[::1]:",
+        "a:0",
+        // No DNS structure is asked of a reg-name (SPEC §2): these are RFC 3986 reg-names too.
+        "example..com",
+        "-example-.com",
+        ".",
+        long_label.as_str(),
+        long_name.as_str(),
     ] {
         assert!(valid_host(ok.as_bytes()), "{ok:?}");
     }
-    let long_label = "a".repeat(64);
-    let long_name = ["a"; 128].join(".");
     for bad in [
         "",
+        ":",
         ":80",
-        "example.com:",
+        "example.com::",
         "example.com:0x50",
         "example.com:65536",
         "example.com:123456",
+        "example.com:+80",
+        "example.com: 80",
         "exa mple.com",
         "example.com/",
         "example.com?",
         "example.com#",
+        "example.com\\",
         "user@example.com",
         "ex%41mple.com",
-        "example..com",
-        "example.com..",
-        "a-",
-        "-",
-        ".",
-        ".example.com",
-        "-example.com",
-        "example-.com",
-        "exam_ple.com",
+        // Sub-delims and the rest of ASCII's punctuation.
+        "a!b",
+        "a$b",
+        "a&b",
+        "a'b",
+        "a(b)",
+        "a*b",
+        "a+b",
+        "a,b",
+        "a;b",
+        "a=b",
+        "a\"b",
+        "a<b>",
+        "a^b",
+        "a`b",
+        "a{b}",
+        "a|b",
+        "a\x7fb",
+        "caf\u{e9}",
         "[::1",
         "[::1]x",
-        "[::1]:",
+        "[::1]::",
         "[1.2.3.4]",
         "[fe80::1%eth0]",
         "::1",
         "example.com:80:80",
-        long_label.as_str(),
-        long_name.as_str(),
     ] {
         assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+    }
+}
+
+/// The plain definition of an unbracketed host that `valid_host` must agree with (SPEC §2), written
+/// another way: at most one `:`; before it, one or more unreserved characters; after it, up to 5
+/// digits naming at most 65535.
+fn reference_host(host: &[u8]) -> bool {
+    let unreserved = |b: &u8| b.is_ascii_alphanumeric() || b"-._~".contains(b);
+    let mut parts = host.split(|&b| b == b':');
+    let name = parts.next().unwrap_or(b"");
+    let port = parts.next();
+    parts.next().is_none()
+        && !name.is_empty()
+        && name.iter().all(unreserved)
+        && port.is_none_or(|p| {
+            p.len() <= 5
+                && p.iter().all(u8::is_ascii_digit)
+                && (p.is_empty() || std::str::from_utf8(p).unwrap().parse::<u32>().unwrap() <= 65535)
+        })
+}
+
+#[test]
+fn valid_host_agrees_with_its_definition_on_every_short_string() {
+    const ALPHABET: &[u8] = b"a_~.-:9%@";
+    let mut count = 0;
+    for len in 0..=6u32 {
+        for mut n in 0..ALPHABET.len().pow(len) {
+            let host: Vec<u8> = (0..len)
+                .map(|_| {
+                    let b = ALPHABET[n % ALPHABET.len()];
+                    n /= ALPHABET.len();
+                    b
+                })
+                .collect();
+            assert_eq!(valid_host(&host), reference_host(&host), "{:?}", String::from_utf8_lossy(&host));
+            count += 1;
+        }
+    }
+    assert!(count > 500_000);
+    for port in ["h:65535", "h:65536", "h:00080", "h:000080", "h:99999"] {
+        assert_eq!(valid_host(port.as_bytes()), reference_host(port.as_bytes()), "{port}");
     }
 }
 
@@ -316,6 +396,10 @@ fn host_ports_are_dropped_for_redirects() {
     assert_eq!(host_without_port("example.com"), "example.com");
     assert_eq!(host_without_port("[::1]:80"), "[::1]");
     assert_eq!(host_without_port("[::1]"), "[::1]");
+    // Issue 14: an empty port leaves no trailing ':' for a Location to carry.
+    assert_eq!(host_without_port("example.com:"), "example.com");
+    assert_eq!(host_without_port("[::1]:"), "[::1]");
+    assert_eq!(host_without_port("my_app:8443"), "my_app");
 }
 
 /// The target, split: (authority, path, query).
@@ -420,42 +504,4 @@ fn chunked_errors() {
         let err = decode(bad, 100).expect_err(&String::from_utf8_lossy(bad));
         assert_eq!(err.status(), 400, "{:?}", String::from_utf8_lossy(bad));
     }
-}
-
-/// The plain definition `valid_name`'s one-pass loop must agree with.
-fn reference_name(name: &[u8]) -> bool {
-    let name = name.strip_suffix(b".").unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split(|&b| b == b'.').all(|label| {
-            (1..=63).contains(&label.len())
-                && label.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-')
-                && label[0] != b'-'
-                && label[label.len() - 1] != b'-'
-        })
-}
-
-#[test]
-fn valid_name_agrees_with_its_definition_on_every_short_string() {
-    const ALPHABET: &[u8] = b"a-.9_";
-    let mut count = 0;
-    for len in 0..=7u32 {
-        for mut n in 0..ALPHABET.len().pow(len) {
-            let name: Vec<u8> = (0..len)
-                .map(|_| {
-                    let b = ALPHABET[n % ALPHABET.len()];
-                    n /= ALPHABET.len();
-                    b
-                })
-                .collect();
-            assert_eq!(valid_name(&name), reference_name(&name), "{:?}", String::from_utf8_lossy(&name));
-            count += 1;
-        }
-    }
-    assert!(count > 90_000);
-    for long in [vec![b'a'; 63], vec![b'a'; 64], [&[b'a'; 63][..], b".", &[b'b'; 63]].concat()] {
-        assert_eq!(valid_name(&long), reference_name(&long));
-    }
-    let at_limit: Vec<u8> = ["abc"; 63].join(".").into_bytes(); // 251 bytes
-    assert_eq!(valid_name(&at_limit), reference_name(&at_limit));
 }

@@ -444,6 +444,13 @@ fn malformed_and_oversized_heads() {
         ("Host with port 65536", h("GET /health HTTP/1.1\r\nHost: a:65536\r\n\r\n"), Expect::Close(400)),
         ("empty Host", h("GET /health HTTP/1.1\r\nHost:\r\n\r\n"), Expect::Close(400)),
         ("Host not UTF-8", b"GET /health HTTP/1.1\r\nHost: \xff\r\n\r\n".to_vec(), Expect::Close(400)),
+        ("Host percent-encoded", h("GET /health HTTP/1.1\r\nHost: ex%41mple.com\r\n\r\n"), Expect::Close(400)),
+        ("Host with a sub-delim", h("GET /health HTTP/1.1\r\nHost: a!b\r\n\r\n"), Expect::Close(400)),
+        // Issue 14: hosts real deployments send (RFC 3986 reg-names, an empty port) are served.
+        ("Host my_app:8443", h("GET /health HTTP/1.1\r\nHost: my_app:8443\r\n\r\n"), Expect::Served(200)),
+        ("Host zayzoon_web_1", h("GET /health HTTP/1.1\r\nHost: zayzoon_web_1\r\n\r\n"), Expect::Served(200)),
+        ("Host with an empty port", h("GET /health HTTP/1.1\r\nHost: example.com:\r\n\r\n"), Expect::Served(200)),
+        ("Host svc~1.internal", h("GET /health HTTP/1.1\r\nHost: svc~1.internal\r\n\r\n"), Expect::Served(200)),
         // 400: framing (request smuggling).
         (
             "CL.TE",
