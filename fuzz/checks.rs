@@ -131,7 +131,9 @@ fn check_fields(h: &HeadInfo) {
     if let Some(host) = &h.host {
         assert!(http::valid_host(host.as_bytes()), "{host:?}");
     }
-    let lengths: Vec<Vec<u8>> = named("content-length").into_iter().flat_map(|(_, v)| items(v)).collect();
+    // Every member of every Content-Length, empty ones kept: `1,` is invalid, not 1 (issue 14).
+    let members = |v: &[u8]| -> Vec<Vec<u8>> { v.split(|&b| b == b',').map(|i| i.trim_ascii().to_vec()).collect() };
+    let lengths: Vec<Vec<u8>> = named("content-length").into_iter().flat_map(|(_, v)| members(v)).collect();
     let codings: Vec<Vec<u8>> = named("transfer-encoding").into_iter().flat_map(|(_, v)| items(v)).collect();
     if !named("transfer-encoding").is_empty() {
         assert_eq!(h.framing, Framing::Chunked, "Transfer-Encoding means chunked or an error");
@@ -144,7 +146,7 @@ fn check_fields(h: &HeadInfo) {
         let numbers: Vec<u64> = lengths
             .iter()
             .map(|l| {
-                assert!(l.iter().all(u8::is_ascii_digit), "Content-Length {l:?}");
+                assert!(!l.is_empty() && l.iter().all(u8::is_ascii_digit), "Content-Length {l:?}");
                 std::str::from_utf8(l).unwrap().parse().expect("a length within the limit fits u64")
             })
             .collect();

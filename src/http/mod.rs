@@ -364,19 +364,17 @@ impl<'b> Fields<'b> {
     }
 
     /// Each value is a list of decimals; every one of them, in every field, must be the same
-    /// (RFC 9112 §6.3 item 5 lets us accept identical repeats; differing ones are an attack).
+    /// (RFC 9112 §6.3 item 5 lets us accept identical repeats; differing ones are an attack). An
+    /// empty member (`1,`, `1,,1`, `,1`, or an empty value) makes the field invalid: the grammar is
+    /// `1*DIGIT` (RFC 9110 §8.6), and a front end that drops such a field would frame the body
+    /// differently.
     fn content_length(&mut self, value: &[u8]) -> Result<(), HttpError> {
-        let mut any = false;
-        for item in list(value) {
+        for item in value.split(|&b| b == b',').map(trim) {
             let n = decimal::parse(item).ok_or(HttpError::BadRequest("invalid Content-Length"))?;
             if self.content_length.is_some_and(|old| old != n) {
                 return Err(HttpError::BadRequest("differing Content-Length values"));
             }
             self.content_length = Some(n);
-            any = true;
-        }
-        if !any {
-            return Err(HttpError::BadRequest("empty Content-Length"));
         }
         Ok(())
     }
@@ -416,11 +414,16 @@ fn framing(version: Version, f: &Fields<'_>) -> Result<Framing, HttpError> {
         if f.content_length.is_some() {
             return Err(HttpError::BadRequest("both Transfer-Encoding and Content-Length"));
         }
+        // §6.3 item 4: chunked that is not the final coding is 400, whatever the others are; a
+        // coding we don't know, under a final chunked or with no chunked at all, is 501 (§6.1).
+        if f.chunked_count > 0 && !f.chunked_last {
+            return Err(HttpError::BadRequest("chunked not the final coding"));
+        }
+        if f.chunked_count > 1 {
+            return Err(HttpError::BadRequest("chunked applied more than once"));
+        }
         if f.other_coding {
             return Err(HttpError::UnknownCoding);
-        }
-        if f.chunked_count > 1 || !f.chunked_last {
-            return Err(HttpError::BadRequest("chunked applied more than once"));
         }
         return Ok(Framing::Chunked);
     }

@@ -252,7 +252,29 @@ rejects! {
     transfer_encoding_gzip: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n" => 501;
     transfer_encoding_gzip_then_chunked: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" => 501;
     transfer_encoding_identity: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: identity\r\n\r\n" => 501;
-    transfer_encoding_chunked_then_gzip: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n" => 501;
+    // Issue 14: RFC 9112 §6.3 item 4, chunked not the final coding is 400 (it was 501).
+    transfer_encoding_chunked_then_gzip: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n" => 400;
+    transfer_encoding_chunked_then_identity: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n" => 400;
+    transfer_encoding_chunked_in_an_earlier_field: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n" => 400;
+    // Issue 14: a Content-Length list with an empty member is invalid, not the other members' value.
+    content_length_trailing_comma: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1,\r\n\r\nx" => 400;
+    content_length_leading_comma: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: ,1\r\n\r\nx" => 400;
+    content_length_empty_member: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1,,1\r\n\r\nx" => 400;
+    content_length_blank_member: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1, ,1\r\n\r\nx" => 400;
+    content_length_only_a_comma: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: ,\r\n\r\n" => 400;
+    content_length_empty_member_in_a_second_field: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1,\r\n\r\nx" => 400;
+}
+
+#[test]
+fn a_final_chunked_after_an_unknown_coding_is_still_501() {
+    assert_eq!(
+        error(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+        HttpError::UnknownCoding
+    );
+    assert_eq!(
+        error(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n"),
+        HttpError::BadRequest("chunked not the final coding")
+    );
 }
 
 /// Issue 14: hosts that real deployments send (Docker Compose service and container names, an

@@ -486,6 +486,11 @@ fn malformed_and_oversized_heads() {
             Expect::Close(400),
         ),
         ("negative Content-Length", h("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n"), Expect::Close(400)),
+        // Issue 14: an empty list member makes Content-Length invalid (it was read as 1).
+        ("Content-Length 1,", h("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1,\r\n\r\nx"), Expect::Close(400)),
+        ("Content-Length 1,,1", h("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1,,1\r\n\r\nx"), Expect::Close(400)),
+        ("Content-Length ,1", h("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: ,1\r\n\r\nx"), Expect::Close(400)),
+        ("Content-Length 1, 1", h("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\nx"), Expect::Served(404)),
         (
             "chunked twice",
             h("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
@@ -494,6 +499,12 @@ fn malformed_and_oversized_heads() {
         (
             "chunked with parameters",
             h("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;x=1\r\n\r\n"),
+            Expect::Close(400),
+        ),
+        // Issue 14: chunked not the final coding is 400 (RFC 9112 §6.3), not 501.
+        (
+            "chunked then identity",
+            h("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n"),
             Expect::Close(400),
         ),
         (
