@@ -527,3 +527,149 @@ fn chunked_errors() {
         assert_eq!(err.status(), 400, "{:?}", String::from_utf8_lossy(bad));
     }
 }
+
+/// Decodes `input` at every split and checks each gives the same result; returns it.
+fn decode_at_every_split(input: &[u8]) -> Result<Fed, HttpError> {
+    let whole = decode(input, input.len().max(1));
+    for step in 1..input.len() {
+        assert_eq!(decode(input, step), whole, "step {step} of {:?}", String::from_utf8_lossy(input));
+    }
+    whole
+}
+
+/// A body whose first chunk line is `line` with `N` replaced by `size`.
+fn body_with_line(line: &[u8], size: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for &b in line {
+        if b == b'N' { body.extend_from_slice(size) } else { body.push(b) }
+    }
+    body.extend_from_slice(if size == b"0" { &b"\r\n\r\n"[..] } else { b"\r\nhello\r\n0\r\n\r\n" });
+    body
+}
+
+/// Issue 14: a chunk line is RFC 9112 §7.1's grammar exactly, for data chunks and the last chunk
+/// alike: whitespace only as BWS before `;` and around `=`, names tokens, values tokens or quoted
+/// strings. `5 6` was read as 5 (a front end may read 0x56), `0 1` as the last chunk.
+#[test]
+fn chunk_lines_follow_the_grammar_exactly() {
+    for ok in [
+        &b"N"[..],
+        b"00N",
+        b"N;a",
+        b"N;a=b",
+        b"N ;a=b",
+        b"N\t \t;a=b",
+        b"N; a",
+        b"N;a =b",
+        b"N;a= b",
+        b"N ; a = b ; c",
+        b"N;a;b=c;d=\"e\"",
+        b"N;a=\"x y\\\"z\\\\\"",
+        b"N;a=\"\"",
+        b"N;a=\"\t\xff\"",
+        b"N;a=\"b\" ;c",
+        b"N;!#$%&'*+-.^_`|~=!#$%&'*+-.^_`|~",
+    ] {
+        for size in [&b"5"[..], b"0"] {
+            let body = body_with_line(ok, size);
+            let len = body.len();
+            assert_eq!(
+                decode_at_every_split(&body),
+                Ok(Fed { consumed: len, done: true }),
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+    for bad in [
+        &b"N 6"[..],
+        b"N 1",
+        b"N ",
+        b"N\t",
+        b"N xyz",
+        b"N;a b",
+        b"N;",
+        b"N; ",
+        b"N;a ",
+        b"N;a=",
+        b"N;a= ",
+        b"N;a=b ",
+        b"N;=b",
+        b"N;a==b",
+        b"N;a=b=c",
+        b"N;a=b c",
+        b"N;;a",
+        b"N ;",
+        b"N;a,b",
+        b"N,a",
+        b"N;a=\"b",
+        b"N;a=\"b\"c",
+        b"N;a=\"b\" ",
+        b"N;a=\"\x7f\"",
+        b"N;a=\"\\\x01\"",
+        b"N;a\x80",
+        b"N;a=b\x80",
+        b"N;a=\"b\"\"c\"",
+    ] {
+        for size in [&b"5"[..], b"0"] {
+            let body = body_with_line(bad, size);
+            let err = decode_at_every_split(&body).expect_err(&String::from_utf8_lossy(&body));
+            assert_eq!(
+                err,
+                HttpError::BadRequest(match bad.get(1) {
+                    Some(b' ' | b'\t' | b';') => "malformed chunk extension",
+                    _ => "invalid chunk size",
+                }),
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+}
+
+/// Issue 14: a trailer line is a header field, checked as httparse checks the head's (a token, `:`
+/// right after it, then HTAB, SP, VCHAR or obs-text); before, only its first byte was.
+#[test]
+fn trailer_lines_are_header_fields() {
+    for ok in [
+        &b"X: 1"[..],
+        b"X:1",
+        b"X:",
+        b"X: \t",
+        b"X: a b\tc ",
+        b"X: caf\xc3\xa9",
+        b"!#$%&'*+-.^_`|~: v",
+        b"X: 1\r\nY: 2",
+    ] {
+        let mut body = b"0\r\n".to_vec();
+        body.extend_from_slice(ok);
+        body.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(
+            decode_at_every_split(&body),
+            Ok(Fed { consumed: body.len(), done: true }),
+            "{:?}",
+            String::from_utf8_lossy(ok)
+        );
+    }
+    for bad in [
+        &b"bogus"[..],
+        b"X : 1",
+        b"X(y): 1",
+        b"HTTP/1.1 200 OK",
+        b"GET /admin HTTP/1.1",
+        b": 1",
+        b" X: 1",
+        b"\tX: 1",
+        b"X\x80: 1",
+        b"X: a\x00b",
+        b"X: a\x7f",
+        b"X: 1\r\nY",
+        b"X: 1\r\n Y: 2",
+    ] {
+        let mut body = b"0\r\n".to_vec();
+        body.extend_from_slice(bad);
+        body.extend_from_slice(b"\r\n\r\n");
+        let err = decode_at_every_split(&body).expect_err(&String::from_utf8_lossy(bad));
+        assert_eq!(err.status(), 400, "{:?}", String::from_utf8_lossy(bad));
+    }
+}
