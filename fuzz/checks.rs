@@ -130,7 +130,9 @@ fn check_fields(h: &HeadInfo) {
     if let Some(host) = &h.host {
         assert!(http::valid_host(host.as_bytes()), "{host:?}");
     }
-    let lengths: Vec<Vec<u8>> = named("content-length").into_iter().flat_map(|(_, v)| items(v)).collect();
+    // Every member of every Content-Length, empty ones kept: `1,` is invalid, not 1 (issue 14).
+    let members = |v: &[u8]| -> Vec<Vec<u8>> { v.split(|&b| b == b',').map(|i| i.trim_ascii().to_vec()).collect() };
+    let lengths: Vec<Vec<u8>> = named("content-length").into_iter().flat_map(|(_, v)| members(v)).collect();
     let codings: Vec<Vec<u8>> = named("transfer-encoding").into_iter().flat_map(|(_, v)| items(v)).collect();
     if !named("transfer-encoding").is_empty() {
         assert_eq!(h.framing, Framing::Chunked, "Transfer-Encoding means chunked or an error");
@@ -143,7 +145,7 @@ fn check_fields(h: &HeadInfo) {
         let numbers: Vec<u64> = lengths
             .iter()
             .map(|l| {
-                assert!(l.iter().all(u8::is_ascii_digit), "Content-Length {l:?}");
+                assert!(!l.is_empty() && l.iter().all(u8::is_ascii_digit), "Content-Length {l:?}");
                 std::str::from_utf8(l).unwrap().parse().expect("a length within the limit fits u64")
             })
             .collect();
@@ -202,11 +204,15 @@ fn write_back(h: &HeadInfo) -> Vec<u8> {
 /// The first byte seeds the split points; the rest is a body. The decoder never consumes more than
 /// it is given, consumes everything until it is done, gives the same answer however the body is
 /// split (all at once, at random cuts, byte by byte), stays done, and never takes more than
-/// `MAX_BODY_BYTES`. Separately, a valid chunked encoding built from the input (chunk sizes from
-/// its bytes, hex case, extensions and trailers varied) is accepted exactly up to its end.
+/// `MAX_BODY_BYTES`. Its answer is the one a plain reading of RFC 9112 §7.1 gives (`reference`):
+/// what it accepts, chunk lines and trailers included, is the grammar, and what it refuses is not.
+/// Separately, a valid chunked encoding built from the input (chunk sizes from its bytes, hex
+/// case, extensions and trailers varied) is accepted exactly up to its end.
 pub fn chunked(data: &[u8]) {
     let Some((&seed, body)) = data.split_first() else { return };
     let whole = decode(body, &[]);
+    let status = |r: &Result<(bool, usize), HttpError>| r.as_ref().map(|ok| *ok).map_err(HttpError::status);
+    assert_eq!(status(&whole), reference(body).verdict(), "{:?}", String::from_utf8_lossy(body));
     let split = decode(body, &cuts(u64::from(seed) ^ hash(body), body.len(), 16));
     let bytes: Vec<usize> = (1..body.len()).collect();
     assert_eq!(split, whole, "random cuts");
@@ -251,9 +257,193 @@ fn decode(body: &[u8], cuts: &[usize]) -> Result<(bool, usize), HttpError> {
     Ok((false, taken))
 }
 
+/// What a plain reading of the chunked grammar (RFC 9112 §7.1, RFC 9110 §5.6) makes of a whole
+/// input, written independently of the decoder's state machine: recursive descent over the slice,
+/// backtracking over whitespace where the grammar looks ahead.
+///
+/// ```text
+/// chunked-body   = *chunk last-chunk trailer-section CRLF
+/// chunk          = chunk-size [ chunk-ext ] CRLF chunk-data CRLF
+/// last-chunk     = 1*("0") [ chunk-ext ] CRLF
+/// chunk-size     = 1*HEXDIG
+/// chunk-ext      = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+/// chunk-ext-name = token
+/// chunk-ext-val  = token / quoted-string
+/// quoted-string  = DQUOTE *( qdtext / quoted-pair ) DQUOTE
+/// trailer-section = *( field-name ":" OWS field-value OWS CRLF )
+/// ```
+struct Reference<'a> {
+    s: &'a [u8],
+    /// The next byte to read.
+    i: usize,
+    /// The furthest byte looked at: when the input stops being a valid body, the byte that did it.
+    seen: usize,
+    /// The first hex digit at which a chunk size passed `MAX_BODY_BYTES`.
+    size_past_limit: Option<usize>,
+}
+
+/// Why the reference stopped before the end of a body.
+enum Stop {
+    /// The input ended: a valid start of a body.
+    Short,
+    /// Byte `seen` cannot continue a valid body.
+    Bad,
+}
+
+fn reference(s: &[u8]) -> Reference<'_> {
+    Reference { s, i: 0, seen: 0, size_past_limit: None }
+}
+
+impl Reference<'_> {
+    /// What the decoder must answer, as `decode` reports it (errors as statuses): the body's end, a
+    /// refusal at the first byte that breaks the grammar, or "not yet" — unless the limit comes
+    /// first (the decoder counts each byte before it reads it; a size past the limit is refused at
+    /// the digit that takes it there).
+    fn verdict(mut self) -> Result<(bool, usize), u16> {
+        let outcome = self.body();
+        let limit = self.size_past_limit.unwrap_or(usize::MAX).min(MAX_BODY_BYTES as usize);
+        match outcome {
+            Ok(()) if self.i <= limit => Ok((true, self.i)),
+            Err(Stop::Bad) if self.seen < limit => Err(400),
+            Err(Stop::Short) if self.s.len() <= limit => Ok((false, self.s.len())),
+            _ => Err(413),
+        }
+    }
+
+    fn peek(&mut self) -> Result<u8, Stop> {
+        let b = *self.s.get(self.i).ok_or(Stop::Short)?;
+        self.seen = self.seen.max(self.i);
+        Ok(b)
+    }
+
+    /// Takes one byte if `ok` says so.
+    fn take(&mut self, ok: impl Fn(u8) -> bool) -> Result<bool, Stop> {
+        let b = self.peek()?;
+        if ok(b) {
+            self.i += 1;
+        }
+        Ok(ok(b))
+    }
+
+    /// Takes as many bytes as `ok` allows; how many.
+    fn many(&mut self, ok: impl Fn(u8) -> bool) -> Result<usize, Stop> {
+        let mut n = 0;
+        while self.take(&ok)? {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn expect_byte(&mut self, want: u8) -> Result<(), Stop> {
+        if self.take(|b| b == want)? { Ok(()) } else { Err(Stop::Bad) }
+    }
+
+    fn crlf(&mut self) -> Result<(), Stop> {
+        self.expect_byte(b'\r')?;
+        self.expect_byte(b'\n')
+    }
+
+    fn body(&mut self) -> Result<(), Stop> {
+        loop {
+            let (start, mut size) = (self.i, 0u64);
+            while self.take(|b| b.is_ascii_hexdigit())? {
+                let digit = (self.s[self.i - 1] as char).to_digit(16).unwrap();
+                size = size.saturating_mul(16).saturating_add(u64::from(digit));
+                if size > MAX_BODY_BYTES && self.size_past_limit.is_none() {
+                    self.size_past_limit = Some(self.i - 1);
+                }
+            }
+            if self.i == start {
+                return Err(Stop::Bad);
+            }
+            self.chunk_ext()?;
+            self.crlf()?;
+            if size == 0 {
+                break;
+            }
+            let data = usize::try_from(size).unwrap_or(usize::MAX);
+            if self.s.len() - self.i < data {
+                return Err(Stop::Short);
+            }
+            self.i += data;
+            self.crlf()?;
+        }
+        // The trailer section, then the final CRLF.
+        while self.peek()? != b'\r' {
+            if self.many(is_tchar)? == 0 {
+                return Err(Stop::Bad);
+            }
+            self.expect_byte(b':')?;
+            self.many(|b| b == b'\t' || b == b' ' || is_vchar_or_obs(b))?;
+            self.crlf()?;
+        }
+        self.crlf()
+    }
+
+    fn chunk_ext(&mut self) -> Result<(), Stop> {
+        let ws = |b: u8| b == b' ' || b == b'\t';
+        loop {
+            let before = self.i;
+            self.many(ws)?;
+            if !self.take(|b| b == b';')? {
+                self.i = before; // No extension follows: that whitespace was not BWS.
+                return Ok(());
+            }
+            self.many(ws)?;
+            if self.many(is_tchar)? == 0 {
+                return Err(Stop::Bad);
+            }
+            let after_name = self.i;
+            self.many(ws)?;
+            if !self.take(|b| b == b'=')? {
+                self.i = after_name; // No value: the next `;` (or the CR) decides.
+                continue;
+            }
+            self.many(ws)?;
+            if self.take(|b| b == b'"')? {
+                self.quoted_rest()?;
+            } else if self.many(is_tchar)? == 0 {
+                return Err(Stop::Bad);
+            }
+        }
+    }
+
+    /// A quoted-string after its opening quote: qdtext and quoted-pairs up to the closing quote.
+    fn quoted_rest(&mut self) -> Result<(), Stop> {
+        loop {
+            match self.peek()? {
+                b'"' => return self.expect_byte(b'"'),
+                b'\\' => {
+                    self.i += 1;
+                    if !self.take(|b| b == b'\t' || b == b' ' || is_vchar_or_obs(b))? {
+                        return Err(Stop::Bad);
+                    }
+                }
+                b if b == b'\t' || b == b' ' || is_vchar_or_obs(b) => self.i += 1,
+                _ => return Err(Stop::Bad),
+            }
+        }
+    }
+}
+
+/// RFC 9110 §5.6.2 tchar, written out.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// VCHAR (RFC 5234) or obs-text (RFC 9110 §5.5).
+fn is_vchar_or_obs(b: u8) -> bool {
+    (0x21..=0x7e).contains(&b) || b >= 0x80
+}
+
+/// Chunk extensions of every shape the grammar allows (BWS around `;` and `=`, token and quoted
+/// values, escapes, obs-text), for `encode_chunked` to pick from.
+const EXTENSIONS: [&str; 4] = [";name=\"v a\"", " \t;a ; b = c", ";q=\"\\\"\u{e9}\\\\\";t=1", ";!#$%&'*+-.^_`|~"];
+
 /// A valid chunked body from arbitrary bytes: each byte `n` starts a chunk of the next `n % 32`
 /// bytes (ending the body at a zero), written with the byte's bits choosing upper-case hex, a
-/// leading zero and an extension; the last byte's bits choose a trailer field.
+/// leading zero and an extension (which one: the chunk's size); the last byte's bits choose a
+/// trailer field.
 fn encode_chunked(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut rest = data;
@@ -264,7 +454,7 @@ fn encode_chunked(data: &[u8]) -> Vec<u8> {
         }
         let hex = if n & 0x20 != 0 { format!("{size:X}") } else { format!("{size:x}") };
         let zero = if n & 0x40 != 0 { "0" } else { "" };
-        let ext = if n & 0x80 != 0 { ";name=\"v a\"" } else { "" };
+        let ext = if n & 0x80 != 0 { EXTENSIONS[size % EXTENSIONS.len()] } else { "" };
         out.extend_from_slice(format!("{zero}{hex}{ext}\r\n").as_bytes());
         out.extend_from_slice(&tail[..size]);
         out.extend_from_slice(b"\r\n");
@@ -273,6 +463,9 @@ fn encode_chunked(data: &[u8]) -> Vec<u8> {
     out.extend_from_slice(b"0\r\n");
     if data.last().is_some_and(|b| b & 1 != 0) {
         out.extend_from_slice(b"X-Trailer: yes\r\n");
+    }
+    if data.last().is_some_and(|b| b & 2 != 0) {
+        out.extend_from_slice(b"!#$%&'*+-.^_`|~:\t \xe9\"v\" \r\n");
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -539,24 +732,36 @@ fn header_line(line: &[u8]) -> Option<(String, &[u8])> {
 // host: `http::valid_host`, `http::host_without_port`, `http::split_target`,
 // `healthcheck::parse_url`.
 
-/// A valid `Host` holds only bytes that are safe in a `Location` (letters, digits, `.-:[]`), its
-/// port-less form is a valid prefix of it followed by nothing or `:port`, a redirect built from it
-/// names exactly that host, and a request carrying it parses with it. `Target::parse` gives parts
-/// that put together make the target again. A URL `parse_url` accepts is made of its parts, and
-/// the request the health check sends for it parses with our own parser.
+/// A valid `Host` holds only bytes that are safe in a `Location` (letters, digits, `-._~` and the
+/// port's `:`, or an IPv6 literal's `[]`): a reg-name accepted is one or more unreserved characters
+/// (RFC 3986 §2.3, SPEC §2), its port up to 5 digits naming at most 65535, or empty. Its port-less
+/// form is a valid prefix of it followed by nothing or `:port`, never ends in `:`, and a redirect
+/// built from it names exactly that host; a request carrying it parses with it. `Target::parse`
+/// gives parts that put together make the target again. A URL `parse_url` accepts is made of its
+/// parts, and the request the health check sends for it parses with our own parser.
 pub fn host(data: &[u8]) {
     if http::valid_host(data) {
-        assert!(data.iter().all(|&b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)), "{data:?}");
+        assert!(data.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b)), "{data:?}");
         let s = std::str::from_utf8(data).unwrap();
+        if !s.starts_with('[') {
+            let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+            let (name, port) = s.split_once(':').map_or((s, None), |(n, p)| (n, Some(p)));
+            assert!(!name.is_empty() && name.bytes().all(unreserved), "reg-name {name:?} of {s:?}");
+            let port_ok = |p: &str| p.is_empty() || p.len() <= 5 && p.parse::<u16>().is_ok();
+            assert!(port.is_none_or(port_ok), "port of {s:?}");
+        }
         let name = http::host_without_port(s);
-        assert!(http::valid_host(name.as_bytes()), "{name:?} of {s:?}");
+        assert!(http::valid_host(name.as_bytes()) && !name.ends_with(':'), "{name:?} of {s:?}");
         let port = &s[name.len()..];
-        assert!(port.is_empty() || port[1..].parse::<u16>().is_ok() && port.starts_with(':'), "{s:?}");
+        assert!(port.is_empty() || port.starts_with(':') && (port == ":" || port[1..].parse::<u16>().is_ok()), "{s:?}");
         let location = format!("https://{name}/p?q");
         let t = Target::parse("GET", &location).unwrap();
         assert_eq!((t.authority, t.path(), t.query()), (Some(name), "/p", Some("q")));
-        match parse(format!("GET / HTTP/1.1\r\nHost: {s}\r\n\r\n").as_bytes()) {
+        let request = format!("GET / HTTP/1.1\r\nHost: {s}\r\n\r\n");
+        match parse(request.as_bytes()) {
             Outcome::Complete(h) => assert_eq!(h.host.as_deref(), Some(s)),
+            // A reg-name has no length limit of its own; the head's 8 KiB is the one.
+            Outcome::Error(e) if request.len() > MAX_HEAD_BYTES => assert_eq!(e.status(), 431),
             other => panic!("Host {s:?}: {other:?}"),
         }
     }

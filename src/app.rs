@@ -107,6 +107,9 @@ fn route(req: &Request, decision: Decision, public_host: Option<&str>) -> Respon
             // No host to send the client to (HTTP/1.0 without Host, no PUBLIC_HOST).
             return Response::error(400);
         };
+        // `PUBLIC_HOST` keeps its port, but an empty one (`example.com:`, valid in RFC 3986) is the
+        // default port: dropped, so that a Location never ends its authority with ':'.
+        let host = host.strip_suffix(':').unwrap_or(host);
         let mut location = format!("https://{host}");
         percent_encode_into(&mut location, path);
         if let Some(query) = req.query() {
@@ -244,6 +247,23 @@ mod tests {
         let r = req_to("GET", "/status", Some(Scheme::Http), None);
         assert_eq!(respond(&r, Decision::Unlimited, None).status, 400);
         assert_eq!(respond(&r, Decision::Unlimited, Some("p.example")).status, 301);
+    }
+
+    /// Issue 14: hosts real deployments send redirect to themselves; an empty port, from the
+    /// request or `PUBLIC_HOST`, leaves no trailing ':' in the Location.
+    #[test]
+    fn redirect_to_docker_names_and_empty_ports() {
+        let location = |host: &str, public: Option<&str>| {
+            let r = req_to("GET", "/status", Some(Scheme::Http), Some(host));
+            respond(&r, Decision::Unlimited, public).location
+        };
+        assert_eq!(location("my_app:8443", None).as_deref(), Some("https://my_app/status"));
+        assert_eq!(location("svc~1.internal", None).as_deref(), Some("https://svc~1.internal/status"));
+        assert_eq!(location("example.com:", None).as_deref(), Some("https://example.com/status"));
+        assert_eq!(location("[::1]:", None).as_deref(), Some("https://[::1]/status"));
+        assert_eq!(location("h", Some("public.example:")).as_deref(), Some("https://public.example/status"));
+        assert_eq!(location("h", Some("[::1]:")).as_deref(), Some("https://[::1]/status"));
+        assert_eq!(location("h", Some("public.example:8443")).as_deref(), Some("https://public.example:8443/status"));
     }
 
     #[test]
