@@ -87,9 +87,7 @@ impl MemoryStore {
     pub fn decide(&self, key: ClientKey, counters: Counters, now: Instant) -> Decision {
         let now = self.micros(now);
         let mut shard = self.shard(key);
-        shard.make_room(key, now, self.shard_capacity);
-        let slots = self.slots;
-        let entry = shard.map.entry(key).or_insert_with(|| vec![Slot::default(); slots].into_boxed_slice());
+        let entry = shard.record(key, now, self.shard_capacity, self.slots);
         if let Some(refused) = remembered(entry, counters, now) {
             return refused;
         }
@@ -117,9 +115,7 @@ impl MemoryStore {
     pub fn remember(&self, key: ClientKey, counters: Counters, states: &[CounterState], now: Instant) {
         let now = self.micros(now);
         let mut shard = self.shard(key);
-        shard.make_room(key, now, self.shard_capacity);
-        let slots = self.slots;
-        let entry = shard.map.entry(key).or_insert_with(|| vec![Slot::default(); slots].into_boxed_slice());
+        let entry = shard.record(key, now, self.shard_capacity, self.slots);
         remember(entry, counters, states, now);
     }
 
@@ -214,32 +210,50 @@ fn remembered(entry: &[Slot], counters: Counters, now: u64) -> Option<Decision> 
 }
 
 impl Shard {
-    /// Purges on schedule, and makes sure a new `key` fits under `capacity`.
-    fn make_room(&mut self, key: ClientKey, now: u64, capacity: usize) {
-        let new = !self.map.contains_key(&key);
-        self.added_since_purge += usize::from(new);
-        let full = new && self.map.len() >= capacity;
-        // Purging when full is amortized over capacity/8 newcomers: found by the address-flood
-        // test (tests/hostile), where a shard full of live clients was scanned whole for each new
-        // one, making every new client ~10x as costly as before the cap.
-        let purge_when_full = full && self.added_since_purge >= (capacity / 8).max(1);
-        if purge_when_full || now >= self.next_purge_us {
-            let before = self.map.len();
-            self.map.retain(|_, slots| !slots.iter().all(|s| s.expired(now)));
-            self.next_purge_us = now + LIMITER_PURGE_INTERVAL.as_micros() as u64;
-            self.added_since_purge = 0;
-            self.purges += 1;
-            let purged = before - self.map.len();
-            if purged > 0 {
-                log::debug!("limiter: purged {purged} expired clients, {} remain in this shard", self.map.len());
-            }
+    /// The record of `key`, made if new: one hash for a known client. Purges on schedule, and a
+    /// newcomer to a full shard first makes room.
+    fn record(&mut self, key: ClientKey, now: u64, capacity: usize, slots: usize) -> &mut [Slot] {
+        if now >= self.next_purge_us {
+            self.purge(now);
         }
         if self.map.len() >= capacity && !self.map.contains_key(&key) {
+            self.make_room(now, capacity);
+        }
+        let mut new = false;
+        let record = self.map.entry(key).or_insert_with(|| {
+            new = true;
+            vec![Slot::default(); slots].into_boxed_slice()
+        });
+        self.added_since_purge += usize::from(new);
+        record
+    }
+
+    /// Room for one more in a full shard. Purging when full is amortized over capacity/8
+    /// newcomers: found by the address-flood test (tests/hostile), where a shard full of live
+    /// clients was scanned whole for each new one, making every new client ~10x as costly as
+    /// before the cap.
+    fn make_room(&mut self, now: u64, capacity: usize) {
+        if self.added_since_purge >= (capacity / 8).max(1) {
+            self.purge(now);
+        }
+        if self.map.len() >= capacity {
             // Still full of live clients: let one go early rather than grow or refuse the newcomer.
             if let Some(&victim) = self.map.keys().next() {
                 self.map.remove(&victim);
                 log::debug!("limiter: shard full ({capacity} clients), evicted one");
             }
+        }
+    }
+
+    fn purge(&mut self, now: u64) {
+        let before = self.map.len();
+        self.map.retain(|_, slots| !slots.iter().all(|s| s.expired(now)));
+        self.next_purge_us = now + LIMITER_PURGE_INTERVAL.as_micros() as u64;
+        self.added_since_purge = 0;
+        self.purges += 1;
+        let purged = before - self.map.len();
+        if purged > 0 {
+            log::debug!("limiter: purged {purged} expired clients, {} remain in this shard", self.map.len());
         }
     }
 }

@@ -415,6 +415,7 @@ impl Decision {
     pub fn from_states(counters: Counters, states: &[CounterState]) -> Decision {
         let mut worst: Option<(u32, u64, u64)> = None;
         let mut refused: Option<(&'static Counter, u64)> = None;
+        let mut wait = 0;
         for (counter, state) in counters.iter().zip(states) {
             let reset_secs = secs(state.reset_us);
             if worst.is_none_or(|(_, r, s)| state.remaining < r || (state.remaining == r && reset_secs > s)) {
@@ -423,12 +424,10 @@ impl Decision {
             if state.over && refused.is_none_or(|(_, w)| state.wait_us > w) {
                 refused = Some((counter, state.wait_us));
             }
+            wait = wait.max(state.wait_us);
         }
         let Some((limit, remaining, reset_secs)) = worst else { return Decision::Unlimited };
-        let refused = refused.map(|(by, _)| {
-            let wait = counters.iter().zip(states).map(|(_, s)| s.wait_us).max().unwrap_or(0);
-            Refusal { by, retry_after_secs: secs(wait) }
-        });
+        let refused = refused.map(|(by, _)| Refusal { by, retry_after_secs: secs(wait) });
         Decision::Limited { limit, remaining, reset_secs, refused }
     }
 }
