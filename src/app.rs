@@ -8,7 +8,7 @@ use crate::http::{self, Head, Target, Version};
 use crate::limit::Decision;
 use crate::limits::{MAX_LOGGED_TRACE_ID, MAX_LOGGED_USER_AGENT};
 use crate::proxy::{Forwarded, Scheme};
-use crate::response::{Body, RateHeaders, Response, json_error};
+use crate::response::{Body, RateHeaders, Response};
 use crate::route::Page;
 
 /// What we keep of a request once its head is parsed: owned, so that it can wait for a limiter
@@ -123,16 +123,18 @@ impl Request {
 /// The response to `req`, given the limiter's `decision` and the configured `PUBLIC_HOST`.
 pub fn respond(req: &Request, decision: Decision, public_host: Option<&str>) -> Response {
     let mut resp = route(req, decision, public_host);
-    if let Decision::Limited { allowed, rate, remaining, reset_secs } = decision {
-        resp.rate = Some(RateHeaders { limit: rate.limit, remaining, reset_secs, retry_after: !allowed });
+    if let Decision::Limited { limit, remaining, reset_secs, refused } = decision {
+        let retry_after = refused.map(|r| r.retry_after_secs);
+        resp.rate = Some(RateHeaders { limit, remaining, reset_secs, retry_after });
     }
     resp.head_only = req.method() == "HEAD";
     resp
 }
 
 fn route(req: &Request, decision: Decision, public_host: Option<&str>) -> Response {
-    if let Decision::Limited { allowed: false, rate, .. } = decision {
-        return Response::new(429, Body::Json(json_error(429, &format!("Rate limit exceeded: {rate}"))));
+    if let Decision::Limited { refused: Some(refusal), .. } = decision {
+        // Made once, at startup: a flood of refusals costs no formatting.
+        return Response::new(429, Body::Json(refusal.by.refusal.as_str().into()));
     }
     let path = req.path();
     // A target that is not a path (`OPTIONS *`) has nothing to redirect to.
@@ -142,6 +144,9 @@ fn route(req: &Request, decision: Decision, public_host: Option<&str>) -> Respon
             // No host to send the client to (HTTP/1.0 without Host, no PUBLIC_HOST).
             return Response::error(400);
         };
+        // `PUBLIC_HOST` keeps its port, but an empty one (`example.com:`, valid in RFC 3986) is the
+        // default port: dropped, so that a Location never ends its authority with ':'.
+        let host = host.strip_suffix(':').unwrap_or(host);
         let mut location = format!("https://{host}");
         percent_encode_into(&mut location, path);
         if let Some(query) = req.query() {
@@ -173,7 +178,6 @@ fn percent_encode_into(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limit::Rate;
     use crate::response::Connection;
 
     /// The request that `method target` with `host` (HTTP/1.0 without a Host when `None`) parses to.
@@ -322,6 +326,23 @@ mod tests {
         assert_eq!(respond(&r, Decision::Unlimited, Some("p.example")).status, 301);
     }
 
+    /// Issue 14: hosts real deployments send redirect to themselves; an empty port, from the
+    /// request or `PUBLIC_HOST`, leaves no trailing ':' in the Location.
+    #[test]
+    fn redirect_to_docker_names_and_empty_ports() {
+        let location = |host: &str, public: Option<&str>| {
+            let r = req_to("GET", "/status", Some(Scheme::Http), Some(host));
+            respond(&r, Decision::Unlimited, public).location
+        };
+        assert_eq!(location("my_app:8443", None).as_deref(), Some("https://my_app/status"));
+        assert_eq!(location("svc~1.internal", None).as_deref(), Some("https://svc~1.internal/status"));
+        assert_eq!(location("example.com:", None).as_deref(), Some("https://example.com/status"));
+        assert_eq!(location("[::1]:", None).as_deref(), Some("https://[::1]/status"));
+        assert_eq!(location("h", Some("public.example:")).as_deref(), Some("https://public.example/status"));
+        assert_eq!(location("h", Some("[::1]:")).as_deref(), Some("https://[::1]/status"));
+        assert_eq!(location("h", Some("public.example:8443")).as_deref(), Some("https://public.example:8443/status"));
+    }
+
     #[test]
     fn ipv6_host_keeps_its_brackets() {
         let r = req_to("GET", "/status", Some(Scheme::Http), Some("[2001:db8::1]:8080"));
@@ -330,16 +351,31 @@ mod tests {
 
     #[test]
     fn limits_come_first_and_show_in_headers() {
-        let rate = Rate::per_minute(10);
-        let denied = Decision::Limited { allowed: false, rate, remaining: 0, reset_secs: 17 };
+        use crate::limit::{Policy, Rate, Refusal, Settings, Strategy};
+        let settings = Settings {
+            enabled: true,
+            strategy: Strategy::FixedWindow,
+            default: vec![Rate::per_minute(10)],
+            endpoint: vec![Rate::per_minute(5)],
+            exempt: vec![],
+        };
+        let counters = Policy::leak(settings).counters("203.0.113.9".parse().unwrap(), None).unwrap();
+        let by = counters.iter().next().unwrap();
+        let denied = Decision::Limited {
+            limit: 10,
+            remaining: 0,
+            reset_secs: 17,
+            refused: Some(Refusal { by, retry_after_secs: 9 }),
+        };
         // Over the limit beats the redirect and the 404.
         let r = respond(&req("GET", "/nowhere", Some(Scheme::Http)), denied, None);
         assert_eq!(r.status, 429);
-        assert_eq!(r.body, Body::Json(json_error(429, "Rate limit exceeded: 10 per 1 minute")));
-        assert_eq!(r.rate, Some(RateHeaders { limit: 10, remaining: 0, reset_secs: 17, retry_after: true }));
-        let ok = Decision::Limited { allowed: true, rate, remaining: 3, reset_secs: 5 };
+        let message = r#"{"error":"Too Many Requests","message":"Rate limit exceeded: 10 per 1 minute","status":429}"#;
+        assert_eq!(r.body, Body::Json(message.into()));
+        assert_eq!(r.rate, Some(RateHeaders { limit: 10, remaining: 0, reset_secs: 17, retry_after: Some(9) }));
+        let ok = Decision::Limited { limit: 10, remaining: 3, reset_secs: 5, refused: None };
         let r = respond(&req("GET", "/status", None), ok, None);
-        assert_eq!(r.rate, Some(RateHeaders { limit: 10, remaining: 3, reset_secs: 5, retry_after: false }));
+        assert_eq!(r.rate, Some(RateHeaders { limit: 10, remaining: 3, reset_secs: 5, retry_after: None }));
         assert_eq!(get("/status").rate, None);
         assert_eq!(get("/status").connection, Connection::Default);
     }

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::limit::remote::{self, RedisUrl};
-use crate::limit::{Cidr, Policy, Rate};
+use crate::limit::{self, Cidr, Rate, Strategy};
 use crate::{conn, decimal, http, logger, metrics};
 
 /// One environment variable the server reads.
@@ -44,12 +44,9 @@ pub const VARS: &[Var] = &[
     unset("REDIS_URL", "unset", "redis://[user:pass@]host[:port][/db] selects the Redis store; unset: in-memory"),
     var("REDIS_CONNECT_RETRIES", "5", "connection attempts at startup before exiting 1"),
     var("REDIS_TIMEOUT_MS", "100", "longest a request waits for a Redis decision"),
-    var(
-        "RATE_LIMIT_DEFAULT",
-        "100/minute",
-        "per-client limit on all requests (N/second|minute|hour|day, N per minute)",
-    ),
-    var("RATE_LIMIT_ENDPOINT", "10/minute", "extra per-client limit on /status and on /health, each its own counter"),
+    var("RATE_LIMIT_DEFAULT", "100/minute", "per-client limits on all requests: N/unit or N per M units, ; between"),
+    var("RATE_LIMIT_ENDPOINT", "10/minute", "extra per-client limits on /status and on /health, each its own counters"),
+    var("RATE_LIMIT_STRATEGY", "fixed-window", "fixed-window (Flask-Limiter's default) or token-bucket (GCRA)"),
     var("RATE_LIMIT_ENABLED", "true", "false turns limiting off (and its headers)"),
     unset("RATE_LIMIT_EXEMPT", "empty", "comma-separated CIDRs never limited, e.g. 10.0.0.0/16,127.0.0.1"),
     var("TRUSTED_PROXY_HOPS", "1", "proxies in front trusted for X-Forwarded-For/-Proto (0: none)"),
@@ -76,7 +73,7 @@ pub struct Config {
     pub max_connections: usize,
     pub shutdown_grace: Duration,
     pub session: conn::Settings,
-    pub policy: Policy,
+    pub policy: limit::Settings,
     pub redis: Option<remote::Settings>,
     pub log: logger::Settings,
     /// `None` with `METRICS=off`.
@@ -125,9 +122,10 @@ impl Config {
                 connect_retries,
                 timeout: Duration::from_millis(redis_timeout),
             }),
-            policy: Policy {
-                default: env.parse("RATE_LIMIT_DEFAULT", Rate::parse, RATE_SYNTAX)?,
-                endpoint: env.parse("RATE_LIMIT_ENDPOINT", Rate::parse, RATE_SYNTAX)?,
+            policy: limit::Settings {
+                default: env.parse("RATE_LIMIT_DEFAULT", Rate::parse_list, RATE_SYNTAX)?,
+                endpoint: env.parse("RATE_LIMIT_ENDPOINT", Rate::parse_list, RATE_SYNTAX)?,
+                strategy: env.parse("RATE_LIMIT_STRATEGY", Strategy::parse, "fixed-window or token-bucket")?,
                 enabled: env.boolean("RATE_LIMIT_ENABLED")?,
                 exempt: env.read("RATE_LIMIT_EXEMPT", parse_cidr_list, CIDR_SYNTAX)?.unwrap_or_default(),
             },
@@ -156,19 +154,22 @@ impl Config {
 
     /// One line for the startup log: every effective setting, the Redis password redacted.
     pub fn summary(&self) -> String {
-        let exempt: Vec<String> = self.policy.exempt.iter().map(ToString::to_string).collect();
+        let p = &self.policy;
+        let exempt: Vec<String> = p.exempt.iter().map(ToString::to_string).collect();
         let (retries, timeout) = self.redis.as_ref().map_or((0, 0), |r| (r.connect_retries, r.timeout.as_millis()));
         format!(
             "workers={} max_connections={} store={} redis_connect_retries={retries} redis_timeout_ms={timeout} \
-             rate_limit_enabled={} rate_limit_default=\"{}\" rate_limit_endpoint=\"{}\" rate_limit_exempt=\"{}\" \
+             rate_limit_enabled={} rate_limit_strategy={} rate_limit_default=\"{}\" rate_limit_endpoint=\"{}\" \
+             rate_limit_exempt=\"{}\" \
              trusted_proxy_hops={} public_host={} keepalive_timeout_s={} header_timeout_s={} \
              shutdown_grace_s={} log_level={} access_log={} log_format={} metrics={}",
             self.workers,
             self.max_connections,
             self.redis.as_ref().map_or_else(|| "memory".to_owned(), |r| r.url.redacted()),
-            self.policy.enabled,
-            self.policy.default,
-            self.policy.endpoint,
+            p.enabled,
+            p.strategy.name(),
+            Rate::list(&p.default),
+            Rate::list(&p.endpoint),
             exempt.join(","),
             self.session.trusted_proxy_hops,
             self.session.public_host.as_deref().unwrap_or("-"),
@@ -202,7 +203,8 @@ pub fn help_table() -> String {
     out
 }
 
-const RATE_SYNTAX: &str = "N/second, N/minute, N/hour or N/day (also \"N per minute\"), N from 1 to 1000000000";
+const RATE_SYNTAX: &str = "limits separated by ; or , each N/unit, N per unit, N/M units or N per M units \
+     (unit second, minute, hour or day), N from 1 to 1000000000, a period of at most 365 days, at most 8 limits";
 const CIDR_SYNTAX: &str = "comma-separated CIDRs such as 10.0.0.0/16,::1 (no host bits set)";
 const REDIS_URL_SYNTAX: &str =
     "a URL redis://[user:pass@]host[:port][/db], with any #, /, ? or @ in the password percent-encoded";
@@ -338,8 +340,9 @@ mod tests {
         let c = load(&[]).unwrap();
         assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
         assert!(c.redis.is_none());
-        assert_eq!(c.policy.default, Rate::per_minute(100));
-        assert_eq!(c.policy.endpoint, Rate::per_minute(10));
+        assert_eq!(c.policy.default, [Rate::per_minute(100)]);
+        assert_eq!(c.policy.endpoint, [Rate::per_minute(10)]);
+        assert_eq!(c.policy.strategy, Strategy::FixedWindow);
         assert!(c.policy.enabled);
         assert!(c.policy.exempt.is_empty());
         assert_eq!(c.session.trusted_proxy_hops, 1);
@@ -451,8 +454,19 @@ mod tests {
     #[test]
     fn rates() {
         let c = load(&[("RATE_LIMIT_DEFAULT", "5 per second"), ("RATE_LIMIT_ENDPOINT", "7/day")]).unwrap();
-        assert_eq!(c.policy.default.to_string(), "5 per 1 second");
-        assert_eq!(c.policy.endpoint.to_string(), "7 per 1 day");
+        assert_eq!(Rate::list(&c.policy.default), "5 per 1 second");
+        assert_eq!(Rate::list(&c.policy.endpoint), "7 per 1 day");
+        let c =
+            load(&[("RATE_LIMIT_DEFAULT", "100/minute; 2000 per hour"), ("RATE_LIMIT_ENDPOINT", "10 per 2 minutes")])
+                .unwrap();
+        assert_eq!(Rate::list(&c.policy.default), "100 per 1 minute; 2000 per 1 hour");
+        assert_eq!(Rate::list(&c.policy.endpoint), "10 per 2 minute");
+        assert!(c.summary().contains("rate_limit_default=\"100 per 1 minute; 2000 per 1 hour\""), "{}", c.summary());
+        let e = rejects("RATE_LIMIT_DEFAULT", "100/minute;10/fortnight");
+        assert!(e.to_string().contains("N per M units"), "{e}");
+        rejects("RATE_LIMIT_ENDPOINT", "10/minute;");
+        assert_eq!(load(&[("RATE_LIMIT_STRATEGY", "Token-Bucket")]).unwrap().policy.strategy, Strategy::TokenBucket);
+        rejects("RATE_LIMIT_STRATEGY", "moving-window");
         rejects("RATE_LIMIT_DEFAULT", "0/minute");
         rejects("RATE_LIMIT_ENDPOINT", "10/fortnight");
     }

@@ -38,11 +38,11 @@ pub fn parse_url(url: &str) -> Result<Url<'_>, String> {
     }
     let host = crate::http::host_without_port(authority);
     let port = match authority.strip_prefix(host).and_then(|p| p.strip_prefix(':')) {
-        // `valid_host` allows at most 5 digits, up to 65535.
+        // An empty port is the default (RFC 3986 §3.2.3); `valid_host` allows at most 5 digits.
+        None | Some("") => 80,
         Some(p) => decimal::parse(p.as_bytes())
             .and_then(|p| u16::try_from(p).ok())
             .ok_or(format!("{url:?}: malformed port"))?,
-        None => 80,
     };
     Ok(Url { authority, host: host.trim_start_matches('[').trim_end_matches(']'), port, path })
 }
@@ -104,6 +104,7 @@ mod tests {
             parse_url("http://localhost").unwrap(),
             Url { authority: "localhost", host: "localhost", port: 80, path: "/" }
         );
+        assert_eq!(parse_url("http://h:/x").unwrap().port, 80, "an empty port is the default");
         for bad in ["https://h/", "h:80/", "http://", "http://h:99999/", "http://u@h/", "http://h/a b"] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }

@@ -34,6 +34,12 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// 100 bytes of hash table, and the tables double once as evictions leave deleted slots behind:
 /// measured at the cap, the store holds about 18 MiB however many addresses a flood brings.
 pub const MAX_LIMITER_ENTRIES: usize = 100_000;
+/// Most limits in one `RATE_LIMIT_*` variable (`100/minute;2000/hour` is two). Each is a counter
+/// per client, in memory and in Redis, and one request touches at most twice this many.
+pub const MAX_LIMITS_PER_VAR: usize = 8;
+/// Longest period a limit may have (`N per M units`): a year. Longer windows would hold a
+/// client's counters, and their Redis keys, for longer than any deploy lives.
+pub const MAX_RATE_PERIOD_SECS: u64 = 365 * 86_400;
 /// How often a limiter shard drops its expired entries (also done whenever a shard is full).
 pub const LIMITER_PURGE_INTERVAL: Duration = Duration::from_secs(10);
 /// Most checks sent to Redis in one pipeline; more wait for the next round trip.

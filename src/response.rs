@@ -6,6 +6,8 @@
 //! gets (`app`). No request bytes are ever copied into a body; the only request-derived value
 //! written anywhere is a redirect's `Location`, built by `app` from validated parts.
 
+use std::borrow::Cow;
+
 use crate::clock::UtcTime;
 use crate::decimal;
 use crate::route::Page;
@@ -44,8 +46,9 @@ const SECURITY_HEADERS: &str = concat!(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
     Page(Page),
-    /// `{"error": <reason phrase>, "message": ..., "status": ...}`.
-    Json(String),
+    /// `{"error": <reason phrase>, "message": ..., "status": ...}`; borrowed when made at startup
+    /// (a limit's 429).
+    Json(Cow<'static, str>),
     /// No body (redirects).
     Empty,
 }
@@ -66,7 +69,8 @@ pub struct RateHeaders {
     pub limit: u32,
     pub remaining: u64,
     pub reset_secs: u64,
-    pub retry_after: bool,
+    /// `Retry-After`, on a 429.
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,7 +101,7 @@ impl Response {
 
     /// A JSON error with the standard message for `status`.
     pub fn error(status: u16) -> Response {
-        Response::new(status, Body::Json(json_error(status, default_message(status))))
+        Response::new(status, Body::Json(json_error(status, default_message(status)).into()))
     }
 }
 
@@ -263,9 +267,9 @@ impl Renderer {
             out.extend_from_slice(b"\r\nRateLimit-Reset: ");
             decimal::push(out, r.reset_secs);
             out.extend_from_slice(b"\r\n");
-            if r.retry_after {
+            if let Some(secs) = r.retry_after {
                 out.extend_from_slice(b"Retry-After: ");
-                decimal::push(out, r.reset_secs);
+                decimal::push(out, secs);
                 out.extend_from_slice(b"\r\n");
             }
         }
@@ -379,7 +383,7 @@ mod tests {
         let resp = Response {
             location: Some("https://example.com/status".into()),
             allow: true,
-            rate: Some(RateHeaders { limit: 10, remaining: 0, reset_secs: 42, retry_after: true }),
+            rate: Some(RateHeaders { limit: 10, remaining: 0, reset_secs: 42, retry_after: Some(42) }),
             connection: Connection::Close,
             ..Response::error(429)
         };

@@ -21,8 +21,8 @@ use crate::clock;
 use crate::config::Config;
 use crate::conn::{Conn, Ctx, Drive, Session};
 use crate::limit::remote;
-use crate::limit::{Limiter, MemoryStore};
-use crate::limits::{ACCEPT_BACKOFF, READ_CHUNK, SPARE_BUFFERS, SWEEP_INTERVAL};
+use crate::limit::{Limiter, MemoryStore, Policy};
+use crate::limits::{ACCEPT_BACKOFF, MAX_LIMITER_ENTRIES, READ_CHUNK, SPARE_BUFFERS, SWEEP_INTERVAL};
 use crate::logger::{self, LIFECYCLE};
 use crate::metrics::{self, Counts};
 use crate::response::Renderer;
@@ -79,7 +79,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         polls.push((poll, waker));
     }
     let wakers: Vec<Arc<Waker>> = polls.iter().map(|(_, w)| Arc::clone(w)).collect();
-    let memory = Arc::new(MemoryStore::default());
+    let policy = Policy::leak(config.policy.clone());
+    let memory = Arc::new(MemoryStore::new(MAX_LIMITER_ENTRIES, policy.slots()));
     // Redis first: a server that can't reach its store should not take connections it can't serve.
     let (mut remotes, redis_stats) = match &config.redis {
         Some(settings) => {
@@ -105,7 +106,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         now: Instant::now(),
         wall_ms: clock::unix_millis_now(),
         settings: Arc::new(config.session.clone()),
-        limiter: Limiter::new(Arc::new(config.policy.clone()), Arc::clone(&memory), remote),
+        limiter: Limiter::new(policy, Arc::clone(&memory), remote),
         renderer: Renderer::new(clock::unix_millis_now()),
         draining: false,
         metrics: config.metrics.is_some().then(Counts::default),

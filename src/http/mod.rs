@@ -274,9 +274,11 @@ fn scheme_rest(target: &str) -> Option<&str> {
     })
 }
 
-/// Whether `host` is a `Host` value we accept: `name[:port]`, `IPv4[:port]` or `[IPv6][:port]`.
-/// Stricter than RFC 3986's reg-name (no percent-encoding, no sub-delims, no userinfo), because the
-/// value may be echoed into a redirect's `Location`.
+/// Whether `host` is a `Host` value we accept (SPEC §2): `reg-name[:port]`, `IPv4[:port]` or
+/// `[IPv6][:port]`, the port at most 5 digits up to 65535, or empty (RFC 3986 §3.2.3: `host:` is the
+/// scheme's default port). The value may be echoed into a redirect's `Location`: every byte outside
+/// an IPv6 literal is a letter, a digit, `-`, `.`, `_`, `~` or the port's `:`, none of which can end
+/// a URL's authority (a `/`, `?`, `#`, `@` or `\` could, in some parser).
 pub fn valid_host(host: &[u8]) -> bool {
     let (name, port) = if let Some(rest) = host.strip_prefix(b"[") {
         let Some(close) = rest.iter().position(|&b| b == b']') else { return false };
@@ -295,40 +297,24 @@ pub fn valid_host(host: &[u8]) -> bool {
             None => (host, None),
         }
     };
-    let port_ok = port.is_none_or(|p| p.len() <= 5 && decimal::parse(p).is_some_and(|n| n <= u64::from(u16::MAX)));
+    let port_ok = port
+        .is_none_or(|p| p.is_empty() || p.len() <= 5 && decimal::parse(p).is_some_and(|n| n <= u64::from(u16::MAX)));
     let bracketed = host.first() == Some(&b'[');
-    port_ok && (bracketed || valid_name(name))
+    port_ok && (bracketed || valid_reg_name(name))
 }
 
-/// A DNS name or IPv4 address: dot-separated labels of letters, digits and inner hyphens, each
-/// 1–63 bytes, at most 253 bytes in all, with an optional final dot.
-fn valid_name(name: &[u8]) -> bool {
-    let name = name.strip_suffix(b".").unwrap_or(name);
-    if name.is_empty() || name.len() > 253 {
-        return false;
-    }
-    // One pass (this runs for every request's Host): the current label's length, and the byte
-    // before this one ('.' at a label's start).
-    let mut label = 0;
-    let mut prev = b'.';
-    for &b in name {
-        match b {
-            b'.' if label == 0 || prev == b'-' => return false,
-            b'.' => label = 0,
-            b'-' if label == 0 => return false,
-            _ if b.is_ascii_alphanumeric() || b == b'-' => label += 1,
-            _ => return false,
-        }
-        if label > 63 {
-            return false;
-        }
-        prev = b;
-    }
-    label > 0 && prev != b'-'
+/// An RFC 3986 §3.2.2 reg-name made of unreserved characters only (letters, digits, `-`, `.`, `_`,
+/// `~`): no percent-encoding and no sub-delims, so nothing to decode and nothing a URL parser
+/// treats specially. Not empty (RFC 9110 §4.2.1: an `http` URI's host is not). An IPv4 address is
+/// one too. Nothing more: `my_app` and `zayzoon_web_1` (Docker Compose names) are not DNS names,
+/// but real deployments send them, and the 8 KiB head bounds the length.
+fn valid_reg_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
 
 /// The `Host` value without its port, for a redirect: `example.com:8080` → `example.com`,
-/// `[::1]:80` → `[::1]`. Expects a value that passed `valid_host`.
+/// `example.com:` (an empty port) → `example.com`, `[::1]:80` → `[::1]`: never a trailing `:`.
+/// Expects a value that passed `valid_host`.
 pub fn host_without_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |i| &host[..=i]);
@@ -378,19 +364,17 @@ impl<'b> Fields<'b> {
     }
 
     /// Each value is a list of decimals; every one of them, in every field, must be the same
-    /// (RFC 9112 §6.3 item 5 lets us accept identical repeats; differing ones are an attack).
+    /// (RFC 9112 §6.3 item 5 lets us accept identical repeats; differing ones are an attack). An
+    /// empty member (`1,`, `1,,1`, `,1`, or an empty value) makes the field invalid: the grammar is
+    /// `1*DIGIT` (RFC 9110 §8.6), and a front end that drops such a field would frame the body
+    /// differently.
     fn content_length(&mut self, value: &[u8]) -> Result<(), HttpError> {
-        let mut any = false;
-        for item in list(value) {
+        for item in value.split(|&b| b == b',').map(trim) {
             let n = decimal::parse(item).ok_or(HttpError::BadRequest("invalid Content-Length"))?;
             if self.content_length.is_some_and(|old| old != n) {
                 return Err(HttpError::BadRequest("differing Content-Length values"));
             }
             self.content_length = Some(n);
-            any = true;
-        }
-        if !any {
-            return Err(HttpError::BadRequest("empty Content-Length"));
         }
         Ok(())
     }
@@ -430,11 +414,16 @@ fn framing(version: Version, f: &Fields<'_>) -> Result<Framing, HttpError> {
         if f.content_length.is_some() {
             return Err(HttpError::BadRequest("both Transfer-Encoding and Content-Length"));
         }
+        // §6.3 item 4: chunked that is not the final coding is 400, whatever the others are; a
+        // coding we don't know, under a final chunked or with no chunked at all, is 501 (§6.1).
+        if f.chunked_count > 0 && !f.chunked_last {
+            return Err(HttpError::BadRequest("chunked not the final coding"));
+        }
+        if f.chunked_count > 1 {
+            return Err(HttpError::BadRequest("chunked applied more than once"));
+        }
         if f.other_coding {
             return Err(HttpError::UnknownCoding);
-        }
-        if f.chunked_count > 1 || !f.chunked_last {
-            return Err(HttpError::BadRequest("chunked applied more than once"));
         }
         return Ok(Framing::Chunked);
     }

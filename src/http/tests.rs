@@ -252,11 +252,47 @@ rejects! {
     transfer_encoding_gzip: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n" => 501;
     transfer_encoding_gzip_then_chunked: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" => 501;
     transfer_encoding_identity: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: identity\r\n\r\n" => 501;
-    transfer_encoding_chunked_then_gzip: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n" => 501;
+    // Issue 14: RFC 9112 §6.3 item 4, chunked not the final coding is 400 (it was 501).
+    transfer_encoding_chunked_then_gzip: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n" => 400;
+    transfer_encoding_chunked_then_identity: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n" => 400;
+    transfer_encoding_chunked_in_an_earlier_field: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n" => 400;
+    // Issue 14: a Content-Length list with an empty member is invalid, not the other members' value.
+    content_length_trailing_comma: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1,\r\n\r\nx" => 400;
+    content_length_leading_comma: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: ,1\r\n\r\nx" => 400;
+    content_length_empty_member: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1,,1\r\n\r\nx" => 400;
+    content_length_blank_member: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1, ,1\r\n\r\nx" => 400;
+    content_length_only_a_comma: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: ,\r\n\r\n" => 400;
+    content_length_empty_member_in_a_second_field: b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1,\r\n\r\nx" => 400;
+}
+
+#[test]
+fn a_final_chunked_after_an_unknown_coding_is_still_501() {
+    assert_eq!(
+        error(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+        HttpError::UnknownCoding
+    );
+    assert_eq!(
+        error(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n"),
+        HttpError::BadRequest("chunked not the final coding")
+    );
+}
+
+/// Issue 14: hosts that real deployments send (Docker Compose service and container names, an
+/// empty port) are served like any other, on every path.
+#[test]
+fn hosts_real_deployments_send() {
+    for host in ["my_app:8443", "zayzoon_web_1", "example.com:", "svc~1.internal", "[::1]:", "_sip._tcp.example"] {
+        let input = format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        complete(input.as_bytes(), |h| assert_eq!(h.host, Some(host)));
+        let input = format!("GET http://{host}/health HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        complete(input.as_bytes(), |h| assert_eq!((h.host, h.target.path()), (Some(host), "/health")));
+    }
 }
 
 #[test]
 fn hosts() {
+    let long_label = "a".repeat(64);
+    let long_name = ["a"; 128].join(".");
     for ok in [
         "example.com",
         "example.com.",
@@ -269,44 +305,110 @@ fn hosts() {
         "[2001:db8::1]",
         "xn--bcher-kva.example",
         "a-b.c-d",
+        // Issue 14: RFC 3986 reg-names of unreserved characters, and an empty port.
+        "my_app:8443",
+        "zayzoon_web_1",
+        "exam_ple.com",
+        "svc~1.internal",
+        "_sip._tcp.example",
+        "example.com:",
+        "[::1]:",
+        "a:0",
+        // No DNS structure is asked of a reg-name (SPEC §2): these are RFC 3986 reg-names too.
+        "example..com",
+        "-example-.com",
+        ".",
+        long_label.as_str(),
+        long_name.as_str(),
     ] {
         assert!(valid_host(ok.as_bytes()), "{ok:?}");
     }
-    let long_label = "a".repeat(64);
-    let long_name = ["a"; 128].join(".");
     for bad in [
         "",
+        ":",
         ":80",
-        "example.com:",
+        "example.com::",
         "example.com:0x50",
         "example.com:65536",
         "example.com:123456",
+        "example.com:+80",
+        "example.com: 80",
         "exa mple.com",
         "example.com/",
         "example.com?",
         "example.com#",
+        "example.com\\",
         "user@example.com",
         "ex%41mple.com",
-        "example..com",
-        "example.com..",
-        "a-",
-        "-",
-        ".",
-        ".example.com",
-        "-example.com",
-        "example-.com",
-        "exam_ple.com",
+        // Sub-delims and the rest of ASCII's punctuation.
+        "a!b",
+        "a$b",
+        "a&b",
+        "a'b",
+        "a(b)",
+        "a*b",
+        "a+b",
+        "a,b",
+        "a;b",
+        "a=b",
+        "a\"b",
+        "a<b>",
+        "a^b",
+        "a`b",
+        "a{b}",
+        "a|b",
+        "a\x7fb",
+        "caf\u{e9}",
         "[::1",
         "[::1]x",
-        "[::1]:",
+        "[::1]::",
         "[1.2.3.4]",
         "[fe80::1%eth0]",
         "::1",
         "example.com:80:80",
-        long_label.as_str(),
-        long_name.as_str(),
     ] {
         assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+    }
+}
+
+/// The plain definition of an unbracketed host that `valid_host` must agree with (SPEC §2), written
+/// another way: at most one `:`; before it, one or more unreserved characters; after it, up to 5
+/// digits naming at most 65535.
+fn reference_host(host: &[u8]) -> bool {
+    let unreserved = |b: &u8| b.is_ascii_alphanumeric() || b"-._~".contains(b);
+    let mut parts = host.split(|&b| b == b':');
+    let name = parts.next().unwrap_or(b"");
+    let port = parts.next();
+    parts.next().is_none()
+        && !name.is_empty()
+        && name.iter().all(unreserved)
+        && port.is_none_or(|p| {
+            p.len() <= 5
+                && p.iter().all(u8::is_ascii_digit)
+                && (p.is_empty() || std::str::from_utf8(p).unwrap().parse::<u32>().unwrap() <= 65535)
+        })
+}
+
+#[test]
+fn valid_host_agrees_with_its_definition_on_every_short_string() {
+    const ALPHABET: &[u8] = b"a_~.-:9%@";
+    let mut count = 0;
+    for len in 0..=6u32 {
+        for mut n in 0..ALPHABET.len().pow(len) {
+            let host: Vec<u8> = (0..len)
+                .map(|_| {
+                    let b = ALPHABET[n % ALPHABET.len()];
+                    n /= ALPHABET.len();
+                    b
+                })
+                .collect();
+            assert_eq!(valid_host(&host), reference_host(&host), "{:?}", String::from_utf8_lossy(&host));
+            count += 1;
+        }
+    }
+    assert!(count > 500_000);
+    for port in ["h:65535", "h:65536", "h:00080", "h:000080", "h:99999"] {
+        assert_eq!(valid_host(port.as_bytes()), reference_host(port.as_bytes()), "{port}");
     }
 }
 
@@ -316,6 +418,10 @@ fn host_ports_are_dropped_for_redirects() {
     assert_eq!(host_without_port("example.com"), "example.com");
     assert_eq!(host_without_port("[::1]:80"), "[::1]");
     assert_eq!(host_without_port("[::1]"), "[::1]");
+    // Issue 14: an empty port leaves no trailing ':' for a Location to carry.
+    assert_eq!(host_without_port("example.com:"), "example.com");
+    assert_eq!(host_without_port("[::1]:"), "[::1]");
+    assert_eq!(host_without_port("my_app:8443"), "my_app");
 }
 
 /// The target, split: (authority, path, query).
@@ -422,40 +528,148 @@ fn chunked_errors() {
     }
 }
 
-/// The plain definition `valid_name`'s one-pass loop must agree with.
-fn reference_name(name: &[u8]) -> bool {
-    let name = name.strip_suffix(b".").unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split(|&b| b == b'.').all(|label| {
-            (1..=63).contains(&label.len())
-                && label.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-')
-                && label[0] != b'-'
-                && label[label.len() - 1] != b'-'
-        })
+/// Decodes `input` at every split and checks each gives the same result; returns it.
+fn decode_at_every_split(input: &[u8]) -> Result<Fed, HttpError> {
+    let whole = decode(input, input.len().max(1));
+    for step in 1..input.len() {
+        assert_eq!(decode(input, step), whole, "step {step} of {:?}", String::from_utf8_lossy(input));
+    }
+    whole
 }
 
+/// A body whose first chunk line is `line` with `N` replaced by `size`.
+fn body_with_line(line: &[u8], size: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for &b in line {
+        if b == b'N' { body.extend_from_slice(size) } else { body.push(b) }
+    }
+    body.extend_from_slice(if size == b"0" { &b"\r\n\r\n"[..] } else { b"\r\nhello\r\n0\r\n\r\n" });
+    body
+}
+
+/// Issue 14: a chunk line is RFC 9112 §7.1's grammar exactly, for data chunks and the last chunk
+/// alike: whitespace only as BWS before `;` and around `=`, names tokens, values tokens or quoted
+/// strings. `5 6` was read as 5 (a front end may read 0x56), `0 1` as the last chunk.
 #[test]
-fn valid_name_agrees_with_its_definition_on_every_short_string() {
-    const ALPHABET: &[u8] = b"a-.9_";
-    let mut count = 0;
-    for len in 0..=7u32 {
-        for mut n in 0..ALPHABET.len().pow(len) {
-            let name: Vec<u8> = (0..len)
-                .map(|_| {
-                    let b = ALPHABET[n % ALPHABET.len()];
-                    n /= ALPHABET.len();
-                    b
-                })
-                .collect();
-            assert_eq!(valid_name(&name), reference_name(&name), "{:?}", String::from_utf8_lossy(&name));
-            count += 1;
+fn chunk_lines_follow_the_grammar_exactly() {
+    for ok in [
+        &b"N"[..],
+        b"00N",
+        b"N;a",
+        b"N;a=b",
+        b"N ;a=b",
+        b"N\t \t;a=b",
+        b"N; a",
+        b"N;a =b",
+        b"N;a= b",
+        b"N ; a = b ; c",
+        b"N;a;b=c;d=\"e\"",
+        b"N;a=\"x y\\\"z\\\\\"",
+        b"N;a=\"\"",
+        b"N;a=\"\t\xff\"",
+        b"N;a=\"b\" ;c",
+        b"N;!#$%&'*+-.^_`|~=!#$%&'*+-.^_`|~",
+    ] {
+        for size in [&b"5"[..], b"0"] {
+            let body = body_with_line(ok, size);
+            let len = body.len();
+            assert_eq!(
+                decode_at_every_split(&body),
+                Ok(Fed { consumed: len, done: true }),
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
         }
     }
-    assert!(count > 90_000);
-    for long in [vec![b'a'; 63], vec![b'a'; 64], [&[b'a'; 63][..], b".", &[b'b'; 63]].concat()] {
-        assert_eq!(valid_name(&long), reference_name(&long));
+    for bad in [
+        &b"N 6"[..],
+        b"N 1",
+        b"N ",
+        b"N\t",
+        b"N xyz",
+        b"N;a b",
+        b"N;",
+        b"N; ",
+        b"N;a ",
+        b"N;a=",
+        b"N;a= ",
+        b"N;a=b ",
+        b"N;=b",
+        b"N;a==b",
+        b"N;a=b=c",
+        b"N;a=b c",
+        b"N;;a",
+        b"N ;",
+        b"N;a,b",
+        b"N,a",
+        b"N;a=\"b",
+        b"N;a=\"b\"c",
+        b"N;a=\"b\" ",
+        b"N;a=\"\x7f\"",
+        b"N;a=\"\\\x01\"",
+        b"N;a\x80",
+        b"N;a=b\x80",
+        b"N;a=\"b\"\"c\"",
+    ] {
+        for size in [&b"5"[..], b"0"] {
+            let body = body_with_line(bad, size);
+            let err = decode_at_every_split(&body).expect_err(&String::from_utf8_lossy(&body));
+            assert_eq!(
+                err,
+                HttpError::BadRequest(match bad.get(1) {
+                    Some(b' ' | b'\t' | b';') => "malformed chunk extension",
+                    _ => "invalid chunk size",
+                }),
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
+        }
     }
-    let at_limit: Vec<u8> = ["abc"; 63].join(".").into_bytes(); // 251 bytes
-    assert_eq!(valid_name(&at_limit), reference_name(&at_limit));
+}
+
+/// Issue 14: a trailer line is a header field, checked as httparse checks the head's (a token, `:`
+/// right after it, then HTAB, SP, VCHAR or obs-text); before, only its first byte was.
+#[test]
+fn trailer_lines_are_header_fields() {
+    for ok in [
+        &b"X: 1"[..],
+        b"X:1",
+        b"X:",
+        b"X: \t",
+        b"X: a b\tc ",
+        b"X: caf\xc3\xa9",
+        b"!#$%&'*+-.^_`|~: v",
+        b"X: 1\r\nY: 2",
+    ] {
+        let mut body = b"0\r\n".to_vec();
+        body.extend_from_slice(ok);
+        body.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(
+            decode_at_every_split(&body),
+            Ok(Fed { consumed: body.len(), done: true }),
+            "{:?}",
+            String::from_utf8_lossy(ok)
+        );
+    }
+    for bad in [
+        &b"bogus"[..],
+        b"X : 1",
+        b"X(y): 1",
+        b"HTTP/1.1 200 OK",
+        b"GET /admin HTTP/1.1",
+        b": 1",
+        b" X: 1",
+        b"\tX: 1",
+        b"X\x80: 1",
+        b"X: a\x00b",
+        b"X: a\x7f",
+        b"X: 1\r\nY",
+        b"X: 1\r\n Y: 2",
+    ] {
+        let mut body = b"0\r\n".to_vec();
+        body.extend_from_slice(bad);
+        body.extend_from_slice(b"\r\n\r\n");
+        let err = decode_at_every_split(&body).expect_err(&String::from_utf8_lossy(bad));
+        assert_eq!(err.status(), 400, "{:?}", String::from_utf8_lossy(bad));
+    }
 }

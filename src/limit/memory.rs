@@ -1,5 +1,6 @@
-//! The in-memory store: fixed-window counters per client, shared by all workers (so limits are
-//! per process, not per thread), in a few mutex-guarded shards.
+//! The in-memory store: every client's counters, shared by all workers (so limits are per process,
+//! not per thread), in a few mutex-guarded shards; and the refusal cache, which sits in front of
+//! both stores and lives in the same records, so that a request takes one lock either way.
 //!
 //! Bounded: each shard drops expired entries every `LIMITER_PURGE_INTERVAL` and when it is full
 //! (at most once per `capacity / 8` newcomers, so that a shard full of live clients is not scanned
@@ -12,8 +13,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::{ClientKey, CounterId, CounterState, Counters, Decision, Rate};
-use crate::limits::{LIMITER_PURGE_INTERVAL, MAX_LIMITER_ENTRIES};
+use super::{ClientKey, CounterState, Counters, Decision, MAX_COUNTERS, Refusal, Strategy, secs};
+use crate::limits::LIMITER_PURGE_INTERVAL;
 
 /// Enough shards that workers rarely wait on each other, few enough to scan cheaply.
 const SHARDS: usize = 16;
@@ -25,37 +26,40 @@ pub struct MemoryStore {
     /// than a second SipHash (the map's own hasher stays SipHash, where collisions would cost
     /// more than a shard's share of the lock): this runs for every request.
     shard_seed: u64,
-    /// Times are kept as milliseconds since this instant.
+    /// Times are kept as microseconds since this instant.
     epoch: Instant,
     shard_capacity: usize,
+    /// Counters per client (`Policy::slots`).
+    slots: usize,
 }
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<ClientKey, Entry>,
-    next_purge_ms: u64,
+    /// Per client, one `Slot` per counter, by `Counter::slot`.
+    map: HashMap<ClientKey, Box<[Slot]>>,
+    next_purge_us: u64,
     /// New clients since the last purge.
     added_since_purge: usize,
     /// Purges so far (for tests: they are what a flood of new clients could make expensive).
     purges: u64,
 }
 
-/// One client's windows, indexed by `CounterId`.
-#[derive(Default, Clone, Copy)]
-struct Entry {
-    windows: [Window; CounterId::COUNT],
-}
-
-#[derive(Default, Clone, Copy)]
-struct Window {
+/// One counter of one client. All times are microseconds since the store's epoch.
+#[derive(Default, Clone, Copy, Debug)]
+struct Slot {
+    /// Fixed window: requests in the window.
     count: u64,
-    /// When the window ends; 0 (the epoch) for a window never used, which reads as ended.
-    reset_at_ms: u64,
+    /// Fixed window: when the window ends. Token bucket: the TAT. 0 (the epoch): never used, which
+    /// reads as ended (or full).
+    at: u64,
+    /// A refusal remembered: until when, and when the counter resets (for `RateLimit-Reset`).
+    refused_until: u64,
+    refused_reset: u64,
 }
 
-impl Entry {
-    fn expired(&self, now_ms: u64) -> bool {
-        self.windows.iter().all(|w| w.reset_at_ms <= now_ms)
+impl Slot {
+    fn expired(&self, now: u64) -> bool {
+        self.at <= now && self.refused_until <= now
     }
 }
 
@@ -65,53 +69,64 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
-impl Default for MemoryStore {
-    fn default() -> Self {
-        MemoryStore::with_capacity(MAX_LIMITER_ENTRIES)
-    }
-}
-
 impl MemoryStore {
-    /// A store holding at most `capacity` clients (rounded up to a multiple of the shard count).
-    pub fn with_capacity(capacity: usize) -> MemoryStore {
+    /// A store holding at most `capacity` clients (rounded up to a multiple of the shard count),
+    /// each with `slots` counters.
+    pub fn new(capacity: usize, slots: usize) -> MemoryStore {
         MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             shard_seed: RandomState::new().hash_one(0u8),
             epoch: Instant::now(),
             shard_capacity: capacity.div_ceil(SHARDS).max(1),
+            slots,
         }
     }
 
-    /// Counts one request from `key` against each of `counters`, returning each counter's state
-    /// (in the same order; entries past `counters.len()` are unused).
-    pub fn hit(&self, key: ClientKey, counters: &[(CounterId, Rate)], now: Instant) -> [CounterState; 2] {
-        // Saturating: `now` may come from another worker's slightly older clock read.
-        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+    /// Counts one request from `key` against `counters` and decides: a remembered refusal, or the
+    /// strategy's answer (remembered if it is a refusal). What every store falls back to.
+    pub fn decide(&self, key: ClientKey, counters: Counters, now: Instant) -> Decision {
+        let now = self.micros(now);
         let mut shard = self.shard(key);
-        shard.make_room(key, now_ms, self.shard_capacity);
-        let entry = shard.map.entry(key).or_default();
-        let mut out = [CounterState { count: 0, ttl_ms: 0 }; 2];
-        for (slot, &(id, rate)) in out.iter_mut().zip(counters) {
-            let w = &mut entry.windows[id.index()];
-            if w.reset_at_ms <= now_ms {
-                *w = Window { count: 0, reset_at_ms: now_ms + u64::from(rate.period_secs) * 1000 };
-            }
-            w.count = w.count.saturating_add(1);
-            *slot = CounterState { count: w.count, ttl_ms: w.reset_at_ms - now_ms };
+        let entry = shard.record(key, now, self.shard_capacity, self.slots);
+        if let Some(refused) = remembered(entry, counters, now) {
+            return refused;
         }
-        out
+        let mut states = [CounterState::default(); MAX_COUNTERS];
+        match counters.strategy {
+            Strategy::FixedWindow => fixed_window(entry, counters, now, &mut states),
+            Strategy::TokenBucket => token_bucket(entry, counters, now, &mut states),
+        }
+        let states = &states[..counters.len()];
+        let decision = Decision::from_states(counters, states);
+        if matches!(decision, Decision::Limited { refused: Some(_), .. }) {
+            remember(entry, counters, states, now);
+        }
+        decision
     }
 
-    /// Counts one request against `counters` and decides: what every store falls back to.
-    pub fn decide(&self, key: ClientKey, counters: &Counters, now: Instant) -> Decision {
-        let counters = counters.as_slice();
-        let states = self.hit(key, counters, now);
-        Decision::from_states(counters, &states[..counters.len()])
+    /// A remembered refusal of one of `counters` for `key`, if one still holds: the answer the
+    /// store would give, counting nothing.
+    pub fn refused(&self, key: ClientKey, counters: Counters, now: Instant) -> Option<Decision> {
+        let now = self.micros(now);
+        remembered(self.shard(key).map.get(&key)?, counters, now)
+    }
+
+    /// Remembers the refusal that `states` (another store's answer for `key`) amount to.
+    pub fn remember(&self, key: ClientKey, counters: Counters, states: &[CounterState], now: Instant) {
+        let now = self.micros(now);
+        let mut shard = self.shard(key);
+        let entry = shard.record(key, now, self.shard_capacity, self.slots);
+        remember(entry, counters, states, now);
     }
 
     /// Clients currently remembered (expired ones included until purged).
     pub fn clients(&self) -> usize {
         self.shards.iter().map(|s| lock(s).map.len()).sum()
+    }
+
+    /// Saturating: `now` may come from another worker's slightly older clock read.
+    fn micros(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_micros() as u64
     }
 
     fn shard_index(&self, key: ClientKey) -> usize {
@@ -133,33 +148,112 @@ impl MemoryStore {
     }
 }
 
+/// Fixed windows: each counter's window starts at its first hit and refills whole when it ends;
+/// every counter counts the request, allowed or not.
+fn fixed_window(entry: &mut [Slot], counters: Counters, now: u64, out: &mut [CounterState]) {
+    for (state, counter) in out.iter_mut().zip(counters.iter()) {
+        let slot = &mut entry[counter.slot];
+        if slot.at <= now {
+            (slot.count, slot.at) = (0, now + counter.period_us);
+        }
+        slot.count = slot.count.saturating_add(1);
+        *state = counter.fixed_window(slot.count, slot.at - now);
+    }
+}
+
+/// GCRA: the request takes a token from every counter if each has one, else nothing.
+fn token_bucket(entry: &mut [Slot], counters: Counters, now: u64, out: &mut [CounterState]) {
+    let ahead = |slot: &Slot| slot.at.saturating_sub(now);
+    let allowed = counters.iter().all(|c| c.has_token(ahead(&entry[c.slot])));
+    for (state, counter) in out.iter_mut().zip(counters.iter()) {
+        let slot = &mut entry[counter.slot];
+        let d = ahead(slot);
+        *state = if allowed {
+            slot.at = now + d + counter.interval_us;
+            counter.token_bucket(d + counter.interval_us, false)
+        } else {
+            counter.token_bucket(d, !counter.has_token(d))
+        };
+    }
+}
+
+/// Remembers, for each counter that can't take one more request, until when that holds.
+fn remember(entry: &mut [Slot], counters: Counters, states: &[CounterState], now: u64) {
+    for (counter, state) in counters.iter().zip(states).filter(|(_, s)| s.wait_us > 0) {
+        let slot = &mut entry[counter.slot];
+        slot.refused_until = now + state.wait_us;
+        slot.refused_reset = now + state.reset_us;
+    }
+}
+
+/// The refusal remembered for any of `counters`, as the store would have answered it: the counter
+/// that waits longest refused; the headers are those of the one that resets last, counting down.
+fn remembered(entry: &[Slot], counters: Counters, now: u64) -> Option<Decision> {
+    // The same choices as `Decision::from_states` (the first of equals wins), over the counters
+    // whose refusal holds: those are the ones with nothing remaining.
+    let (mut by, mut until) = (None, now);
+    let (mut limit, mut reset_secs) = (0, 0);
+    for counter in counters.iter() {
+        let slot = &entry[counter.slot];
+        if slot.refused_until <= now {
+            continue;
+        }
+        if slot.refused_until > until {
+            (by, until) = (Some(counter), slot.refused_until);
+        }
+        if secs(slot.refused_reset.saturating_sub(now)) > reset_secs {
+            (limit, reset_secs) = (counter.rate.limit, secs(slot.refused_reset.saturating_sub(now)));
+        }
+    }
+    let refused = Some(Refusal { by: by?, retry_after_secs: secs(until - now) });
+    Some(Decision::Limited { limit, remaining: 0, reset_secs, refused })
+}
+
 impl Shard {
-    /// Purges on schedule, and makes sure a new `key` fits under `capacity`.
-    fn make_room(&mut self, key: ClientKey, now_ms: u64, capacity: usize) {
-        let new = !self.map.contains_key(&key);
-        self.added_since_purge += usize::from(new);
-        let full = new && self.map.len() >= capacity;
-        // Purging when full is amortized over capacity/8 newcomers: found by the address-flood
-        // test (tests/hostile), where a shard full of live clients was scanned whole for each new
-        // one, making every new client ~10x as costly as before the cap.
-        let purge_when_full = full && self.added_since_purge >= (capacity / 8).max(1);
-        if purge_when_full || now_ms >= self.next_purge_ms {
-            let before = self.map.len();
-            self.map.retain(|_, e| !e.expired(now_ms));
-            self.next_purge_ms = now_ms + LIMITER_PURGE_INTERVAL.as_millis() as u64;
-            self.added_since_purge = 0;
-            self.purges += 1;
-            let purged = before - self.map.len();
-            if purged > 0 {
-                log::debug!("limiter: purged {purged} expired clients, {} remain in this shard", self.map.len());
-            }
+    /// The record of `key`, made if new: one hash for a known client. Purges on schedule, and a
+    /// newcomer to a full shard first makes room.
+    fn record(&mut self, key: ClientKey, now: u64, capacity: usize, slots: usize) -> &mut [Slot] {
+        if now >= self.next_purge_us {
+            self.purge(now);
         }
         if self.map.len() >= capacity && !self.map.contains_key(&key) {
+            self.make_room(now, capacity);
+        }
+        let mut new = false;
+        let record = self.map.entry(key).or_insert_with(|| {
+            new = true;
+            vec![Slot::default(); slots].into_boxed_slice()
+        });
+        self.added_since_purge += usize::from(new);
+        record
+    }
+
+    /// Room for one more in a full shard. Purging when full is amortized over capacity/8
+    /// newcomers: found by the address-flood test (tests/hostile), where a shard full of live
+    /// clients was scanned whole for each new one, making every new client ~10x as costly as
+    /// before the cap.
+    fn make_room(&mut self, now: u64, capacity: usize) {
+        if self.added_since_purge >= (capacity / 8).max(1) {
+            self.purge(now);
+        }
+        if self.map.len() >= capacity {
             // Still full of live clients: let one go early rather than grow or refuse the newcomer.
             if let Some(&victim) = self.map.keys().next() {
                 self.map.remove(&victim);
                 log::debug!("limiter: shard full ({capacity} clients), evicted one");
             }
+        }
+    }
+
+    fn purge(&mut self, now: u64) {
+        let before = self.map.len();
+        self.map.retain(|_, slots| !slots.iter().all(|s| s.expired(now)));
+        self.next_purge_us = now + LIMITER_PURGE_INTERVAL.as_micros() as u64;
+        self.added_since_purge = 0;
+        self.purges += 1;
+        let purged = before - self.map.len();
+        if purged > 0 {
+            log::debug!("limiter: purged {purged} expired clients, {} remain in this shard", self.map.len());
         }
     }
 }
@@ -171,128 +265,4 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    const G: CounterId = CounterId::Global;
-    const S: CounterId = CounterId::Page(crate::route::Page::Status);
-
-    fn key(n: u32) -> ClientKey {
-        ClientKey::V4(n)
-    }
-
-    #[test]
-    fn counts_within_a_window_then_refills_whole() {
-        let store = MemoryStore::with_capacity(100);
-        let t0 = store.epoch + Duration::from_secs(1);
-        let rate = Rate { limit: 3, period_secs: 10 };
-        let c = [(G, rate)];
-        let at = |ms| t0 + Duration::from_millis(ms);
-        assert_eq!(store.hit(key(1), &c, at(0))[0], CounterState { count: 1, ttl_ms: 10_000 });
-        assert_eq!(store.hit(key(1), &c, at(4_000))[0], CounterState { count: 2, ttl_ms: 6_000 });
-        assert_eq!(store.hit(key(1), &c, at(9_999))[0], CounterState { count: 3, ttl_ms: 1 });
-        // The window started at the first hit, and ends exactly 10 s later.
-        assert_eq!(store.hit(key(1), &c, at(10_000))[0], CounterState { count: 1, ttl_ms: 10_000 });
-        assert_eq!(store.hit(key(2), &c, at(10_000))[0].count, 1, "clients are independent");
-    }
-
-    #[test]
-    fn each_counter_has_its_own_window() {
-        let store = MemoryStore::with_capacity(100);
-        let t0 = store.epoch + Duration::from_secs(1);
-        let g = (G, Rate { limit: 100, period_secs: 60 });
-        let s = (S, Rate { limit: 10, period_secs: 1 });
-        store.hit(key(1), &[g], t0);
-        let out = store.hit(key(1), &[g, s], t0 + Duration::from_millis(500));
-        assert_eq!(out, [CounterState { count: 2, ttl_ms: 59_500 }, CounterState { count: 1, ttl_ms: 1_000 }]);
-        let out = store.hit(key(1), &[g, s], t0 + Duration::from_millis(1_500));
-        assert_eq!(out, [CounterState { count: 3, ttl_ms: 58_500 }, CounterState { count: 1, ttl_ms: 1_000 }]);
-    }
-
-    #[test]
-    fn capacity_is_a_hard_bound() {
-        let capacity = 64;
-        let store = MemoryStore::with_capacity(capacity);
-        let t0 = store.epoch + Duration::from_secs(1);
-        let c = [(G, Rate { limit: 1, period_secs: 3600 })];
-        for n in 0..10_000 {
-            store.hit(key(n), &c, t0);
-        }
-        // Each shard holds at most capacity/SHARDS, rounded up.
-        assert!(store.clients() <= capacity.div_ceil(SHARDS) * SHARDS, "{}", store.clients());
-        assert!(store.clients() >= SHARDS, "every shard is in use: {}", store.clients());
-    }
-
-    /// Found by the address-flood test (tests/hostile): once full of live clients, a shard was
-    /// scanned whole for every new client.
-    #[test]
-    fn a_full_shard_is_not_scanned_for_every_new_client() {
-        let capacity = 64 * SHARDS;
-        let store = MemoryStore::with_capacity(capacity);
-        let t0 = store.epoch + Duration::from_secs(1);
-        let c = [(G, Rate { limit: 1, period_secs: 3600 })];
-        for n in 0..20 * capacity as u32 {
-            store.hit(key(n), &c, t0);
-        }
-        let purges: u64 = store.shards.iter().map(|s| lock(s).purges).sum();
-        // One scheduled purge per shard, then one per capacity/8 newcomers to each shard.
-        assert!(purges <= SHARDS as u64 * (1 + 20 * 8), "{purges} purges for {} clients", 20 * capacity);
-        assert!(store.clients() <= capacity);
-    }
-
-    #[test]
-    fn a_full_shard_still_purges_expired_clients_before_evicting() {
-        let store = MemoryStore::with_capacity(8 * SHARDS);
-        let t0 = store.epoch + Duration::from_secs(1);
-        let short = [(G, Rate { limit: 1, period_secs: 1 })];
-        let long = [(G, Rate { limit: 1, period_secs: 3600 })];
-        let stays = key(u32::MAX);
-        let shard_of = |k| store.shard_index(k);
-        let same: Vec<ClientKey> = (0..).map(key).filter(|&k| shard_of(k) == shard_of(stays)).take(8).collect();
-        store.hit(stays, &long, t0);
-        for &k in &same[..7] {
-            store.hit(k, &short, t0);
-        }
-        assert_eq!(lock(&store.shards[shard_of(stays)]).map.len(), 8, "full");
-        // The short windows have ended, the next scheduled purge is not due: the newcomer's shard
-        // makes room by purging, not by evicting the client whose window is still open.
-        let later = t0 + Duration::from_secs(2);
-        store.hit(same[7], &long, later);
-        assert_eq!(store.hit(stays, &long, later)[0].count, 2, "not evicted");
-        assert_eq!(lock(&store.shards[shard_of(stays)]).map.len(), 2);
-    }
-
-    #[test]
-    fn neighbouring_addresses_spread_over_all_shards() {
-        let store = MemoryStore::default();
-        for keys in [
-            (0..16_000u32).map(|n| ClientKey::V4(0xC000_0200 + n)).collect::<Vec<_>>(),
-            (0..16_000u64).map(|n| ClientKey::V6Prefix(0x2001_0db8_0000_0000 + n)).collect(),
-            (0..16_000u32).map(|n| ClientKey::V4(n << 16)).collect(),
-        ] {
-            let mut per_shard = [0usize; SHARDS];
-            for k in keys {
-                per_shard[store.shard_index(k)] += 1;
-            }
-            assert!(per_shard.iter().all(|&n| (800..=1200).contains(&n)), "{per_shard:?}");
-        }
-    }
-
-    #[test]
-    fn expired_clients_are_purged() {
-        let store = MemoryStore::with_capacity(100_000);
-        let t0 = store.epoch + Duration::from_secs(1);
-        let c = [(G, Rate { limit: 1, period_secs: 1 })];
-        for n in 0..1_000 {
-            store.hit(key(n), &c, t0);
-        }
-        assert_eq!(store.clients(), 1_000);
-        let later = t0 + LIMITER_PURGE_INTERVAL + Duration::from_secs(1);
-        // Touching each shard once after the purge interval drops every expired client.
-        for n in 1_000..2_000 {
-            store.hit(key(n), &c, later);
-        }
-        assert_eq!(store.clients(), 1_000);
-    }
-}
+mod tests;

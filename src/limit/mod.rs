@@ -1,78 +1,162 @@
 //! Rate limiting (SPEC §3): which counters a request touches, what a store's answer means, and the
 //! handle each worker asks.
 //!
-//! Owns: `Rate` and `Cidr` syntax, the client key (IPv4 address or IPv6 /64), the policy (the
-//! global counter plus one per page), turning counter states into a `Decision`, and the handle each
-//! worker asks (`Limiter`). Does not own: the counting itself (`memory`), or talking to Redis
-//! (`remote`, the store shared by every task).
+//! Owns: `Rate` syntax (Flask-Limiter's, several per variable), `Cidr` syntax, the client key
+//! (IPv4 address or IPv6 /64), the policy (every counter, built once), the two strategies' per
+//! counter arithmetic (shared by both stores, so that they decide alike), turning counter states
+//! into a `Decision`, and the handle each worker asks (`Limiter`). Does not own: keeping the
+//! counters (`memory`, which also holds the refusal cache), or talking to Redis (`remote`).
 //!
-//! Algorithm: a fixed window per counter that starts at the key's first hit and refills whole when
-//! it ends (Flask-Limiter's default). Every counter of a request is incremented, allowed or not, so
-//! the in-memory and Redis stores give the same decisions for the same traffic.
+//! Strategies (`RATE_LIMIT_STRATEGY`):
+//! - fixed window: a count per counter, refilled whole when its window (which starts at the
+//!   counter's first hit) ends, as Flask-Limiter's default. Every counter of a request is counted,
+//!   allowed or not.
+//! - token bucket (GCRA): per counter a theoretical arrival time (TAT), `d` = how far it is ahead of
+//!   now. A request takes one token from every counter, and only if each has one (`d + T <= P`,
+//!   `T = P/N` the emission interval): a refused request takes nothing. Integer microseconds, with
+//!   `T` rounded down (and at least 1 µs), in memory and in the Redis script alike.
+//!
+//! Refusal cache: once a counter refuses a client, that client's requests touching it are refused
+//! by the memory store's record of it until the refusal's `Retry-After` has passed, without asking
+//! the store and counting against nothing (SPEC §3). `MemoryStore::refused`.
 
 pub mod memory;
 pub mod remote;
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 pub use memory::MemoryStore;
 
 use crate::decimal;
+use crate::limits::{MAX_LIMITS_PER_VAR, MAX_RATE_PERIOD_SECS};
+use crate::response::json_error;
 use crate::route::Page;
 
-/// A limit: at most `limit` requests per `period_secs`.
+/// Most counters one request touches: the global limits and one page's.
+pub const MAX_COUNTERS: usize = 2 * MAX_LIMITS_PER_VAR;
+
+/// A unit of a limit's period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Unit {
+    const ALL: [Unit; 4] = [Unit::Second, Unit::Minute, Unit::Hour, Unit::Day];
+
+    fn secs(self) -> u64 {
+        match self {
+            Unit::Second => 1,
+            Unit::Minute => 60,
+            Unit::Hour => 3_600,
+            Unit::Day => 86_400,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Unit::Second => "second",
+            Unit::Minute => "minute",
+            Unit::Hour => "hour",
+            Unit::Day => "day",
+        }
+    }
+}
+
+/// A limit: at most `limit` requests per `multiple` `unit`s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rate {
     pub limit: u32,
-    pub period_secs: u32,
+    pub multiple: u32,
+    pub unit: Unit,
 }
 
 impl Rate {
     pub const fn per_minute(limit: u32) -> Rate {
-        Rate { limit, period_secs: 60 }
+        Rate { limit, multiple: 1, unit: Unit::Minute }
     }
 
-    /// Parses `N/unit` or `N per unit`, unit one of second, minute, hour, day (singular or plural,
-    /// any case), N from 1 to 10^9.
+    pub fn period_secs(&self) -> u64 {
+        u64::from(self.multiple) * self.unit.secs()
+    }
+
+    /// Parses one limit in Flask-Limiter's syntax: `N/unit`, `N per unit`, `N/M units` or
+    /// `N per M units`, any case, unit second, minute, hour or day (singular or plural); N from 1
+    /// to 10^9, the period at most `MAX_RATE_PERIOD_SECS`.
     pub fn parse(s: &str) -> Option<Rate> {
         let s = s.trim();
-        let (n, unit) = match s.split_once('/') {
-            Some((n, unit)) => (n.trim(), unit.trim()),
-            None => {
-                let mut words = s.split_ascii_whitespace();
-                let (n, per, unit) = (words.next()?, words.next()?, words.next()?);
-                if !per.eq_ignore_ascii_case("per") || words.next().is_some() {
-                    return None;
-                }
-                (n, unit)
+        let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (n, rest) = s.split_at(digits(s));
+        let rest = rest.trim_start();
+        let rest = match rest.strip_prefix('/') {
+            Some(rest) => rest,
+            None if rest.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("per")) => &rest[3..],
+            None => return None,
+        }
+        .trim_start();
+        let (m, unit) = rest.split_at(digits(rest));
+        let unit = unit.trim().to_ascii_lowercase();
+        let unit = unit.strip_suffix('s').unwrap_or(&unit);
+        let unit = Unit::ALL.into_iter().find(|u| u.name() == unit)?;
+        let limit = decimal::parse(n.as_bytes()).filter(|n| (1..=1_000_000_000).contains(n))?;
+        let multiple = if m.is_empty() { Some(1) } else { decimal::parse(m.as_bytes()) };
+        let multiple =
+            multiple.filter(|&m| m >= 1 && m.checked_mul(unit.secs()).is_some_and(|p| p <= MAX_RATE_PERIOD_SECS))?;
+        Some(Rate { limit: limit as u32, multiple: multiple as u32, unit })
+    }
+
+    /// Parses one or more limits separated by `;` or `,` (an empty one is an error), at most
+    /// `MAX_LIMITS_PER_VAR`. A limit given twice counts once: it would be the same counter.
+    pub fn parse_list(s: &str) -> Option<Vec<Rate>> {
+        let mut rates: Vec<Rate> = Vec::new();
+        for item in s.split([';', ',']) {
+            let rate = Rate::parse(item)?;
+            if !rates.iter().any(|r| r.limit == rate.limit && r.period_secs() == rate.period_secs()) {
+                rates.push(rate);
             }
-        };
-        let limit = decimal::parse(n.as_bytes()).filter(|n| (1..=1_000_000_000).contains(n))? as u32;
-        let unit = unit.to_ascii_lowercase();
-        let period_secs = match unit.strip_suffix('s').unwrap_or(&unit) {
-            "second" => 1,
-            "minute" => 60,
-            "hour" => 3_600,
-            "day" => 86_400,
-            _ => return None,
-        };
-        Some(Rate { limit, period_secs })
+        }
+        (rates.len() <= MAX_LIMITS_PER_VAR).then_some(rates)
+    }
+
+    /// A list the way `parse_list` reads it, for the startup line.
+    pub fn list(rates: &[Rate]) -> String {
+        rates.iter().map(Rate::to_string).collect::<Vec<_>>().join("; ")
     }
 }
 
 impl fmt::Display for Rate {
     /// Flask-Limiter's wording, used in the 429 message: "10 per 1 minute".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let unit = match self.period_secs {
-            1 => "second",
-            60 => "minute",
-            3_600 => "hour",
-            _ => "day",
-        };
-        write!(f, "{} per 1 {}", self.limit, unit)
+        write!(f, "{} per {} {}", self.limit, self.multiple, self.unit.name())
+    }
+}
+
+/// How requests are counted (`RATE_LIMIT_STRATEGY`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    FixedWindow,
+    TokenBucket,
+}
+
+impl Strategy {
+    pub fn parse(s: &str) -> Option<Strategy> {
+        match s.to_ascii_lowercase().as_str() {
+            "fixed-window" => Some(Strategy::FixedWindow),
+            "token-bucket" => Some(Strategy::TokenBucket),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::FixedWindow => "fixed-window",
+            Strategy::TokenBucket => "token-bucket",
+        }
     }
 }
 
@@ -153,75 +237,158 @@ impl fmt::Display for ClientKey {
     }
 }
 
-/// The counters a client has: `Global` counts every request, `Page` the requests for one page.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CounterId {
-    Global,
-    Page(Page),
-}
-
-impl CounterId {
-    /// How many counters a client has.
-    pub const COUNT: usize = 1 + Page::ALL.len();
-
-    /// A small number for each counter, below `COUNT`.
-    pub fn index(self) -> usize {
-        match self {
-            CounterId::Global => 0,
-            CounterId::Page(p) => 1 + p as usize,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            CounterId::Global => "global",
-            CounterId::Page(p) => p.name(),
-        }
-    }
-}
-
-/// Who is limited, and how much.
-#[derive(Clone, Debug)]
-pub struct Policy {
+/// The limits as configured (SPEC §1: `RATE_LIMIT_*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
     pub enabled: bool,
-    pub default: Rate,
-    pub endpoint: Rate,
+    pub strategy: Strategy,
+    /// Limits on every request.
+    pub default: Vec<Rate>,
+    /// Limits on each page's requests, each page its own counters.
+    pub endpoint: Vec<Rate>,
     pub exempt: Vec<Cidr>,
 }
 
-/// The counters one request touches, with their limits: at most two.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Counters {
-    items: [(CounterId, Rate); 2],
-    len: usize,
+/// One counter of every client: a limit over all requests or over one page's. Built once, at
+/// startup, with what the request path needs ready: no allocation per request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Counter {
+    pub rate: Rate,
+    /// Its place in a client's record in the memory store, below `Policy::slots`.
+    pub slot: usize,
+    /// Its Redis key after `zayzoon:{client}:`, e.g. `status:10/60s`: the rate is part of the name,
+    /// so that a changed limit starts afresh instead of reading another limit's state, and the
+    /// token bucket's keys (`:tb`) never meet the fixed window's.
+    pub name: String,
+    /// The body of a 429 that this counter refused, naming its limit.
+    pub refusal: String,
+    pub period_us: u64,
+    /// The token bucket's emission interval `T = P/N`, rounded down, at least 1 µs.
+    pub interval_us: u64,
 }
 
-impl Counters {
-    pub fn as_slice(&self) -> &[(CounterId, Rate)] {
-        &self.items[..self.len]
+impl Counter {
+    fn new(rate: Rate, scope: &str, slot: usize, strategy: Strategy) -> Counter {
+        let period_us = rate.period_secs() * 1_000_000;
+        let suffix = if strategy == Strategy::TokenBucket { ":tb" } else { "" };
+        Counter {
+            rate,
+            slot,
+            name: format!("{scope}:{}/{}s{suffix}", rate.limit, rate.period_secs()),
+            refusal: json_error(429, &format!("Rate limit exceeded: {rate}")),
+            period_us,
+            interval_us: (period_us / u64::from(rate.limit)).max(1),
+        }
     }
+
+    fn limit(&self) -> u64 {
+        u64::from(self.rate.limit)
+    }
+
+    /// A fixed window after a hit: `count` with this request, `ttl_us` until the window ends.
+    pub fn fixed_window(&self, count: u64, ttl_us: u64) -> CounterState {
+        let wait_us = if count >= self.limit() { ttl_us } else { 0 };
+        CounterState {
+            remaining: self.limit().saturating_sub(count),
+            reset_us: ttl_us,
+            wait_us,
+            over: count > self.limit(),
+        }
+    }
+
+    /// A token bucket after a decision: `d_us`, how far its TAT is now ahead of the clock, and
+    /// whether it had a token for this request (`over` when it had none).
+    pub fn token_bucket(&self, d_us: u64, over: bool) -> CounterState {
+        let room = self.period_us.saturating_sub(d_us);
+        CounterState {
+            remaining: (room / self.interval_us).min(self.limit()),
+            reset_us: d_us,
+            wait_us: (d_us + self.interval_us).saturating_sub(self.period_us),
+            over,
+        }
+    }
+
+    /// Whether a token bucket `d_us` ahead has a token for one more request.
+    pub fn has_token(&self, d_us: u64) -> bool {
+        d_us + self.interval_us <= self.period_us
+    }
+}
+
+/// The policy of a running server: the settings, and every counter built from them.
+#[derive(Debug)]
+pub struct Policy {
+    pub settings: Settings,
+    global: Vec<Counter>,
+    /// Per page (`Page as usize`), that page's counters.
+    pages: Vec<Vec<Counter>>,
 }
 
 impl Policy {
+    /// Builds the counters and keeps the policy for the rest of the process: the request path
+    /// borrows 429 bodies and Redis key names from it for free.
+    pub fn leak(settings: Settings) -> &'static Policy {
+        let strategy = settings.strategy;
+        let global: Vec<Counter> =
+            settings.default.iter().enumerate().map(|(i, &r)| Counter::new(r, "global", i, strategy)).collect();
+        let pages = Page::ALL
+            .iter()
+            .map(|p| {
+                let first = global.len() + *p as usize * settings.endpoint.len();
+                let counter = |(i, &rate)| Counter::new(rate, p.name(), first + i, strategy);
+                settings.endpoint.iter().enumerate().map(counter).collect()
+            })
+            .collect();
+        Box::leak(Box::new(Policy { settings, global, pages }))
+    }
+
+    /// How many counters a client has, all scopes together.
+    pub fn slots(&self) -> usize {
+        self.global.len() + self.pages.iter().map(Vec::len).sum::<usize>()
+    }
+
     /// `None` when the client is not limited at all (limiting off, or an exempt client).
-    pub fn counters(&self, client: IpAddr, page: Option<Page>) -> Option<Counters> {
-        if !self.enabled || self.exempt.iter().any(|c| c.contains(client)) {
+    pub fn counters(&'static self, client: IpAddr, page: Option<Page>) -> Option<Counters> {
+        if !self.settings.enabled || self.settings.exempt.iter().any(|c| c.contains(client)) {
             return None;
         }
-        let global = (CounterId::Global, self.default);
-        Some(match page {
-            Some(page) => Counters { items: [global, (CounterId::Page(page), self.endpoint)], len: 2 },
-            None => Counters { items: [global, global], len: 1 },
-        })
+        let page = page.map_or(&[][..], |p| &self.pages[p as usize][..]);
+        Some(Counters { global: &self.global, page, strategy: self.settings.strategy })
     }
 }
 
-/// One counter after a hit: its count including this request, and milliseconds until its window
-/// ends. This is what the Redis script returns per key (`INCR`, `PTTL`).
+/// The counters one request touches, in order: the global ones, then its page's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counters {
+    global: &'static [Counter],
+    page: &'static [Counter],
+    pub strategy: Strategy,
+}
+
+impl Counters {
+    pub fn iter(&self) -> impl Iterator<Item = &'static Counter> + use<> {
+        self.global.iter().chain(self.page)
+    }
+
+    pub fn len(&self) -> usize {
+        self.global.len() + self.page.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One counter after a request, as either store reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CounterState {
-    pub count: u64,
-    pub ttl_ms: u64,
+    /// Requests it would still allow now.
+    pub remaining: u64,
+    /// Until its window ends (fixed window) or its bucket is full again (token bucket).
+    pub reset_us: u64,
+    /// Until it allows one more request: 0 while it has room.
+    pub wait_us: u64,
+    /// It refused this request.
+    pub over: bool,
 }
 
 /// What the limiter says about one request.
@@ -229,34 +396,45 @@ pub struct CounterState {
 pub enum Decision {
     /// Not limited (limiting off, or an exempt client): no `RateLimit-*` headers.
     Unlimited,
-    /// Counted. `rate`, `remaining` and `reset_secs` describe the most restrictive counter.
-    Limited { allowed: bool, rate: Rate, remaining: u64, reset_secs: u64 },
+    /// Counted. `limit`, `remaining` and `reset_secs` describe the most restrictive counter, the
+    /// one with the fewest remaining, ties broken by the later reset (SPEC §3).
+    Limited { limit: u32, remaining: u64, reset_secs: u64, refused: Option<Refusal> },
+}
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The counter that refused it (if several did, the one that waits longest).
+    pub by: &'static Counter,
+    /// Until every counter of the request allows one more: at least 1.
+    pub retry_after_secs: u64,
 }
 
 impl Decision {
-    /// Combines the counters' states. The request is allowed when every count is within its
-    /// limit. The headers describe the counter with the fewest remaining, ties broken by the later
-    /// reset, so `Retry-After` on a 429 is when every exhausted counter has refilled. SPEC §3.
-    pub fn from_states(counters: &[(CounterId, Rate)], states: &[CounterState]) -> Decision {
-        let mut allowed = true;
-        let mut worst: Option<(Rate, u64, u64)> = None;
-        for (&(_, rate), state) in counters.iter().zip(states) {
-            allowed &= state.count <= u64::from(rate.limit);
-            let remaining = u64::from(rate.limit).saturating_sub(state.count);
-            let reset_secs = state.ttl_ms.div_ceil(1000).max(1);
-            let worse = match worst {
-                None => true,
-                Some((_, r, s)) => remaining < r || (remaining == r && reset_secs > s),
-            };
-            if worse {
-                worst = Some((rate, remaining, reset_secs));
+    /// Combines the counters' states; the request was allowed unless a counter is `over`.
+    pub fn from_states(counters: Counters, states: &[CounterState]) -> Decision {
+        let mut worst: Option<(u32, u64, u64)> = None;
+        let mut refused: Option<(&'static Counter, u64)> = None;
+        let mut wait = 0;
+        for (counter, state) in counters.iter().zip(states) {
+            let reset_secs = secs(state.reset_us);
+            if worst.is_none_or(|(_, r, s)| state.remaining < r || (state.remaining == r && reset_secs > s)) {
+                worst = Some((counter.rate.limit, state.remaining, reset_secs));
             }
+            if state.over && refused.is_none_or(|(_, w)| state.wait_us > w) {
+                refused = Some((counter, state.wait_us));
+            }
+            wait = wait.max(state.wait_us);
         }
-        match worst {
-            None => Decision::Unlimited,
-            Some((rate, remaining, reset_secs)) => Decision::Limited { allowed, rate, remaining, reset_secs },
-        }
+        let Some((limit, remaining, reset_secs)) = worst else { return Decision::Unlimited };
+        let refused = refused.map(|(by, _)| Refusal { by, retry_after_secs: secs(wait) });
+        Decision::Limited { limit, remaining, reset_secs, refused }
     }
+}
+
+/// Microseconds as whole seconds for a header: rounded up, at least 1.
+pub(super) fn secs(us: u64) -> u64 {
+    us.div_ceil(1_000_000).max(1)
 }
 
 /// The answer to `Limiter::check`.
@@ -270,21 +448,26 @@ pub enum Check {
 }
 
 /// One worker's way to ask for decisions. The memory store answers at once; the Redis store
-/// answers later, and the connection waits meanwhile without blocking the worker.
+/// answers later, and the connection waits meanwhile without blocking the worker. Refusals the
+/// memory store remembers are answered at once either way.
 ///
 /// A check that waits is known by a `waiter`: a number the worker chooses (it names one of its
 /// connections) and gets back with the decision. The limiter never looks inside it.
 #[derive(Debug)]
 pub struct Limiter {
-    policy: Arc<Policy>,
-    memory: Arc<MemoryStore>,
+    policy: &'static Policy,
+    memory: std::sync::Arc<MemoryStore>,
     remote: Option<remote::Remote>,
     /// Metrics (issue 11): checks this worker decided from memory because Redis was down.
     fallbacks: u64,
 }
 
 impl Limiter {
-    pub fn new(policy: Arc<Policy>, memory: Arc<MemoryStore>, remote: Option<remote::Remote>) -> Limiter {
+    pub fn new(
+        policy: &'static Policy,
+        memory: std::sync::Arc<MemoryStore>,
+        remote: Option<remote::Remote>,
+    ) -> Limiter {
         Limiter { policy, memory, remote, fallbacks: 0 }
     }
 
@@ -295,12 +478,15 @@ impl Limiter {
         };
         let key = ClientKey::of(client);
         if let Some(remote) = self.remote.as_mut().filter(|r| r.is_up()) {
+            if let Some(refused) = self.memory.refused(key, counters, now) {
+                return Check::Ready(refused);
+            }
             remote.submit(waiter, key, counters, now);
             return Check::Pending;
         }
         // Metrics (issue 11): with the Redis store down, memory decides instead: a fallback.
         self.fallbacks += u64::from(self.remote.is_some());
-        Check::Ready(self.memory.decide(key, &counters, now))
+        Check::Ready(self.memory.decide(key, counters, now))
     }
 
     /// Metrics (issue 11): the checks of this worker decided from memory instead of Redis since the
@@ -331,124 +517,4 @@ impl Limiter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_syntax() {
-        assert_eq!(Rate::parse("100/minute"), Some(Rate { limit: 100, period_secs: 60 }));
-        assert_eq!(Rate::parse("10 per minute"), Some(Rate { limit: 10, period_secs: 60 }));
-        assert_eq!(Rate::parse(" 3 PER Hours "), Some(Rate { limit: 3, period_secs: 3600 }));
-        assert_eq!(Rate::parse("1/second"), Some(Rate { limit: 1, period_secs: 1 }));
-        assert_eq!(Rate::parse("2 / days"), Some(Rate { limit: 2, period_secs: 86400 }));
-        assert_eq!(Rate::parse("1000000000/day").map(|r| r.limit), Some(1_000_000_000));
-        for bad in [
-            "",
-            "0/minute",
-            "1000000001/day",
-            "-1/minute",
-            "+1/minute",
-            "ten/minute",
-            "10/fortnight",
-            "10/",
-            "/minute",
-            "10 minute",
-            "10 per",
-            "10 per minute extra",
-            "10 each minute",
-            "10/2 minutes",
-            "99999999999999999999/minute",
-        ] {
-            assert_eq!(Rate::parse(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn rate_wording() {
-        assert_eq!(Rate::per_minute(10).to_string(), "10 per 1 minute");
-        assert_eq!(Rate::parse("5/hour").unwrap().to_string(), "5 per 1 hour");
-    }
-
-    #[test]
-    fn cidr_parse_and_contains() {
-        let c = Cidr::parse("10.0.0.0/16").unwrap();
-        assert!(c.contains("10.0.255.255".parse().unwrap()));
-        assert!(!c.contains("10.1.0.0".parse().unwrap()));
-        assert!(c.contains("::ffff:10.0.3.4".parse().unwrap()), "IPv4-mapped matches IPv4 ranges");
-        assert!(!c.contains("::a00:1".parse().unwrap()), "IPv4-compatible is not IPv4-mapped");
-        let all4 = Cidr::parse("0.0.0.0/0").unwrap();
-        assert!(all4.contains("203.0.113.1".parse().unwrap()));
-        assert!(!all4.contains("2001:db8::1".parse().unwrap()));
-        let v6 = Cidr::parse("2001:db8::/32").unwrap();
-        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
-        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
-        let one = Cidr::parse("::1").unwrap();
-        assert_eq!(one.to_string(), "::1/128");
-        assert!(one.contains("::1".parse().unwrap()));
-        assert!(Cidr::parse("::/0").unwrap().contains("2001:db8::1".parse().unwrap()));
-        assert_eq!(Cidr::parse("192.0.2.1").unwrap().to_string(), "192.0.2.1/32");
-        for bad in ["10.0.0.1/16", "10.0.0.0/33", "::1/129", "10.0.0.0/", "10.0.0.0/x", "10.0.0.0/+8", "host", ""] {
-            assert_eq!(Cidr::parse(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn client_keys() {
-        let k = |s: &str| ClientKey::of(s.parse().unwrap());
-        assert_eq!(k("192.0.2.1"), ClientKey::V4(0xC000_0201));
-        assert_eq!(k("::ffff:192.0.2.1"), k("192.0.2.1"));
-        assert_eq!(k("2001:db8:1:2:3:4:5:6"), k("2001:db8:1:2:ffff::"));
-        assert_ne!(k("2001:db8:1:2::"), k("2001:db8:1:3::"));
-        assert_eq!(k("2001:db8:1:2:3:4:5:6").to_string(), "2001:db8:1:2::/64");
-        assert_eq!(k("192.0.2.1").to_string(), "192.0.2.1");
-    }
-
-    fn policy() -> Policy {
-        Policy {
-            enabled: true,
-            default: Rate::per_minute(100),
-            endpoint: Rate::per_minute(10),
-            exempt: vec![Cidr::parse("10.0.0.0/8").unwrap()],
-        }
-    }
-
-    #[test]
-    fn policy_counters() {
-        let p = policy();
-        let ip = "192.0.2.1".parse().unwrap();
-        let status = Page::of("/status");
-        let c = p.counters(ip, status).unwrap();
-        assert_eq!(c.as_slice(), &[(CounterId::Global, p.default), (CounterId::Page(Page::Status), p.endpoint)]);
-        let c = p.counters(ip, Page::of("/health")).unwrap();
-        assert_eq!(c.as_slice()[1].0, CounterId::Page(Page::Health));
-        assert_eq!(p.counters(ip, Page::of("/other")).unwrap().as_slice(), &[(CounterId::Global, p.default)]);
-        assert_eq!(p.counters(ip, Page::of("/status/")).unwrap().as_slice().len(), 1, "paths compare exactly");
-        assert_eq!(p.counters("10.1.2.3".parse().unwrap(), status), None, "exempt");
-        assert_eq!(p.counters("::ffff:10.1.2.3".parse().unwrap(), status), None, "mapped exempt");
-        let off = Policy { enabled: false, ..policy() };
-        assert_eq!(off.counters(ip, status), None);
-        assert_eq!(CounterId::Page(Page::Health).index(), CounterId::COUNT - 1);
-    }
-
-    #[test]
-    fn decision_picks_fewest_remaining_then_later_reset() {
-        let g = (CounterId::Global, Rate::per_minute(100));
-        let s = (CounterId::Page(Page::Status), Rate::per_minute(10));
-        let st = |count, ttl_ms| CounterState { count, ttl_ms };
-        let d = Decision::from_states(&[g, s], &[st(5, 30_000), st(3, 59_001)]);
-        assert_eq!(d, Decision::Limited { allowed: true, rate: s.1, remaining: 7, reset_secs: 60 });
-        // At the limit: allowed, nothing remaining.
-        let d = Decision::from_states(&[g, s], &[st(50, 1_000), st(10, 2_000)]);
-        assert_eq!(d, Decision::Limited { allowed: true, rate: s.1, remaining: 0, reset_secs: 2 });
-        // One past it: refused.
-        let d = Decision::from_states(&[g, s], &[st(50, 1_000), st(11, 2_000)]);
-        assert!(matches!(d, Decision::Limited { allowed: false, .. }));
-        // Both exhausted: the later reset wins, so Retry-After covers both.
-        let d = Decision::from_states(&[g, s], &[st(101, 9_000), st(11, 2_000)]);
-        assert_eq!(d, Decision::Limited { allowed: false, rate: g.1, remaining: 0, reset_secs: 9 });
-        // Equal remaining: later reset wins.
-        let d = Decision::from_states(&[g, g], &[st(1, 1_000), st(1, 5_000)]);
-        assert_eq!(d, Decision::Limited { allowed: true, rate: g.1, remaining: 99, reset_secs: 5 });
-        assert_eq!(Decision::from_states(&[], &[]), Decision::Unlimited);
-    }
-}
+mod tests;

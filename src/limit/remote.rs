@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use redis::{ConnectionLike as _, Value};
 
-use super::{ClientKey, CounterId, CounterState, Counters, Decision, MemoryStore};
+use super::{ClientKey, Counter, CounterState, Counters, Decision, MAX_COUNTERS, MemoryStore, Strategy};
 use crate::decimal;
 use crate::limits::{FIRST_REDIS_BACKOFF, MAX_REDIS_BACKOFF, MAX_REDIS_BATCH};
 
@@ -92,13 +92,13 @@ pub fn redact_userinfo(url: &str) -> String {
     }
 }
 
-/// INCR each counter; give it its window (PEXPIRE, milliseconds) when it was just created, or when
-/// it somehow has no expiry (so every key always expires); return each count and its PTTL.
-/// Milliseconds rather than EXPIRE's seconds so that the window ends exactly when the memory
-/// store's would. The numbers come back as one string, `"count ttl count ttl"`, rather than an
-/// array of integers: one RESP value to parse instead of five, which made decoding replies the
-/// limiter thread's largest cost (callgrind: ~6,800 instructions per check, now ~1,700).
-pub const SCRIPT: &str = "\
+/// The fixed window: INCR each counter; give it its window (PEXPIRE, milliseconds: ARGV) when it
+/// was just created, or when it somehow has no expiry (so every key always expires); return each
+/// count and its PTTL. Milliseconds rather than EXPIRE's seconds so that the window ends exactly
+/// when the memory store's would. The numbers come back as one string, `"count ttl count ttl"`,
+/// rather than an array of integers: one RESP value to parse instead of five, which made decoding
+/// replies the limiter thread's largest cost (callgrind: ~6,800 instructions per check, now ~1,700).
+pub const FIXED_WINDOW: &str = "\
 local out = {}
 for i, key in ipairs(KEYS) do
   local count = redis.call('INCR', key)
@@ -113,12 +113,41 @@ end
 return table.concat(out, ' ')
 ";
 
-/// The Redis key of one counter. The client key is a hash tag (`{...}`), so a request's keys
-/// share a slot if the Redis behind the URL is ever a cluster proxy.
-pub fn key_name(client: ClientKey, counter: CounterId) -> String {
+/// The token bucket (GCRA), the memory store's arithmetic in Lua: each key holds its counter's
+/// theoretical arrival time in microseconds of Redis's own clock (`TIME`, so tasks whose clocks
+/// differ agree); ARGV holds each counter's interval T and period P. The request takes a token
+/// from every counter, or, if one has none (`d + T > P`), from none. A key expires when its bucket
+/// is full again. Returns `"allowed now d1 d2 ..."`, each `d` how far its TAT is ahead of `now`
+/// after the decision. Numbers go through `%d`: Lua's `tostring` keeps only 14 digits.
+pub const TOKEN_BUCKET: &str = "\
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ahead = {}
+local allowed = 1
+for i, key in ipairs(KEYS) do
+  local d = (tonumber(redis.call('GET', key)) or now) - now
+  if d < 0 then d = 0 end
+  ahead[i] = d
+  if d + tonumber(ARGV[2 * i - 1]) > tonumber(ARGV[2 * i]) then allowed = 0 end
+end
+local out = {allowed, string.format('%d', now)}
+for i, key in ipairs(KEYS) do
+  if allowed == 1 then
+    ahead[i] = ahead[i] + tonumber(ARGV[2 * i - 1])
+    redis.call('SET', key, string.format('%d', now + ahead[i]), 'PX', math.ceil(ahead[i] / 1000))
+  end
+  out[#out + 1] = string.format('%d', ahead[i])
+end
+return table.concat(out, ' ')
+";
+
+/// The Redis key of one counter: `zayzoon:{client}:` and the counter's name. The client key is a
+/// hash tag (`{...}`), so a request's keys share a slot if the Redis behind the URL is ever a
+/// cluster proxy.
+pub fn key_name(client: ClientKey, counter: &Counter) -> String {
     let mut key = String::new();
     push_key_prefix(&mut key, client);
-    key.push_str(counter.name());
+    key.push_str(&counter.name);
     key
 }
 
@@ -261,16 +290,33 @@ pub fn start(
 
 /// Opens a connection (AUTH and SELECT happen here, from the URL), with `timeout` on every
 /// operation, and loads the script.
-fn connect(client: &redis::Client, timeout: Duration) -> redis::RedisResult<(redis::Connection, String)> {
+fn connect(client: &redis::Client, timeout: Duration) -> redis::RedisResult<(redis::Connection, Scripts)> {
     let mut conn = client.get_connection_with_timeout(timeout)?;
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
-    let sha = load_script(&mut conn)?;
+    let sha = Scripts::load(&mut conn)?;
     Ok((conn, sha))
 }
 
-fn load_script(conn: &mut redis::Connection) -> redis::RedisResult<String> {
-    redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPT).query(conn)
+/// The SHA1s Redis knows the scripts by, for EVALSHA: both are loaded, and each check uses its
+/// counters' strategy's.
+struct Scripts {
+    fixed_window: String,
+    token_bucket: String,
+}
+
+impl Scripts {
+    fn load(conn: &mut redis::Connection) -> redis::RedisResult<Scripts> {
+        let mut load = |script| redis::cmd("SCRIPT").arg("LOAD").arg(script).query::<String>(conn);
+        Ok(Scripts { fixed_window: load(FIXED_WINDOW)?, token_bucket: load(TOKEN_BUCKET)? })
+    }
+
+    fn sha(&self, strategy: Strategy) -> &str {
+        match strategy {
+            Strategy::FixedWindow => &self.fixed_window,
+            Strategy::TokenBucket => &self.token_bucket,
+        }
+    }
 }
 
 /// A reply that is not what the script returns.
@@ -283,26 +329,43 @@ impl fmt::Display for BadReply {
     }
 }
 
-/// Checks one script reply for a request with `n` counters: a string of `2n` decimal numbers
-/// separated by single spaces, pairs of (count ≥ 1, ttl in ms).
-pub fn parse_reply(reply: &Value, n: usize) -> Result<[CounterState; 2], BadReply> {
+/// Checks one script reply for a request with `counters`, and gives each counter's state: for the
+/// fixed window `count ttl_ms` per counter (count ≥ 1), for the token bucket `allowed now` then
+/// each counter's `d`. Decimal numbers separated by single spaces, nothing else.
+pub fn parse_reply(reply: &Value, counters: Counters) -> Result<[CounterState; MAX_COUNTERS], BadReply> {
     let bad = |what: &dyn fmt::Debug| BadReply(format!("{what:?}").chars().take(80).collect());
     let Value::BulkString(text) = reply else { return Err(bad(reply)) };
-    if n > 2 {
-        return Err(BadReply(format!("{n} counters")));
-    }
+    let bad_text = || bad(&String::from_utf8_lossy(text));
     let mut numbers = text.split(|&b| b == b' ').filter(|_| !text.is_empty()).map(parse_number);
-    let mut out = [CounterState { count: 0, ttl_ms: 0 }; 2];
-    for slot in out.iter_mut().take(n) {
-        match (numbers.next(), numbers.next()) {
-            (Some(Some(count)), Some(Some(ttl_ms))) if count >= 1 => *slot = CounterState { count, ttl_ms },
-            _ => return Err(bad(&String::from_utf8_lossy(text))),
+    let mut next = || numbers.next().flatten().ok_or_else(bad_text);
+    let mut out = [CounterState::default(); MAX_COUNTERS];
+    match counters.strategy {
+        Strategy::FixedWindow => {
+            for (state, counter) in out.iter_mut().zip(counters.iter()) {
+                let (count, ttl_ms) = (next()?, next()?);
+                if count == 0 {
+                    return Err(bad_text());
+                }
+                *state = counter.fixed_window(count, ttl_ms.saturating_mul(1000));
+            }
+        }
+        Strategy::TokenBucket => {
+            let allowed = match next()? {
+                0 => false,
+                1 => true,
+                _ => return Err(bad_text()),
+            };
+            let _now = next()?;
+            for (state, counter) in out.iter_mut().zip(counters.iter()) {
+                let d = next()?;
+                *state = counter.token_bucket(d, !allowed && !counter.has_token(d));
+            }
         }
     }
-    if numbers.next().is_some() {
-        return Err(bad(&String::from_utf8_lossy(text)));
+    match numbers.next() {
+        None => Ok(out),
+        Some(_) => Err(bad_text()),
     }
-    Ok(out)
 }
 
 /// 1 to 19 ASCII digits, no leading zero: how Lua writes the numbers it can hold exactly.
@@ -331,7 +394,7 @@ struct LimiterThread {
     client: redis::Client,
     url: String,
     conn: Option<redis::Connection>,
-    sha: String,
+    sha: Scripts,
     timeout: Duration,
     memory: Arc<MemoryStore>,
     up: Arc<AtomicBool>,
@@ -397,47 +460,57 @@ impl LimiterThread {
 
     /// One pipeline of EVALSHA calls for the batch; on NOSCRIPT (Redis restarted or its scripts
     /// flushed), loads the script and tries once more.
-    fn round_trip(&mut self, batch: &[Job]) -> Result<Vec<[CounterState; 2]>, String> {
+    fn round_trip(&mut self, batch: &[Job]) -> Result<Vec<[CounterState; MAX_COUNTERS]>, String> {
         let conn = self.conn.as_mut().ok_or("not connected")?;
         for attempt in 0..2 {
             let mut pipe = redis::pipe();
             let mut key = String::with_capacity(64);
             for job in batch {
-                let counters = job.counters.as_slice();
-                let cmd = pipe.cmd("EVALSHA").arg(&self.sha).arg(counters.len());
+                let counters = job.counters;
+                let cmd = pipe.cmd("EVALSHA").arg(self.sha.sha(counters.strategy)).arg(counters.len());
                 key.clear();
                 push_key_prefix(&mut key, job.key);
                 let prefix = key.len();
-                for &(id, _) in counters {
+                for counter in counters.iter() {
                     key.truncate(prefix);
-                    key.push_str(id.name());
+                    key.push_str(&counter.name);
                     cmd.arg(key.as_str());
                 }
-                for &(_, rate) in counters {
-                    cmd.arg(u64::from(rate.period_secs) * 1000);
+                for counter in counters.iter() {
+                    match counters.strategy {
+                        Strategy::FixedWindow => cmd.arg(counter.period_us / 1000),
+                        Strategy::TokenBucket => cmd.arg(counter.interval_us).arg(counter.period_us),
+                    };
                 }
             }
             let replies =
                 conn.req_packed_commands(&pipe.get_packed_pipeline(), 0, batch.len()).map_err(|e| e.to_string())?;
             self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
             if attempt == 0 && replies.iter().any(is_noscript) {
-                self.sha = load_script(conn).map_err(|e| e.to_string())?;
+                self.sha = Scripts::load(conn).map_err(|e| e.to_string())?;
                 continue;
             }
             return replies
                 .iter()
                 .zip(batch)
-                .map(|(reply, job)| parse_reply(reply, job.counters.as_slice().len()).map_err(|e| e.to_string()))
+                .map(|(reply, job)| parse_reply(reply, job.counters).map_err(|e| e.to_string()))
                 .collect();
         }
         Err("NOSCRIPT again right after SCRIPT LOAD".into())
     }
 
-    fn answer(&self, batch: &[Job], states: Vec<[CounterState; 2]>) {
+    /// Decides each check from Redis's answer, and remembers refusals, so that the refused
+    /// client's next requests need not come here (SPEC §3).
+    fn answer(&self, batch: &[Job], states: Vec<[CounterState; MAX_COUNTERS]>) {
         self.stats.checks.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let answers = batch.iter().zip(states).map(|(job, st)| {
-            let counters = job.counters.as_slice();
-            (job, Decision::from_states(counters, &st[..counters.len()]))
+        let now = Instant::now();
+        let answers = batch.iter().zip(states).map(|(job, states)| {
+            let states = &states[..job.counters.len()];
+            let decision = Decision::from_states(job.counters, states);
+            if matches!(decision, Decision::Limited { refused: Some(_), .. }) {
+                self.memory.remember(job.key, job.counters, states, now);
+            }
+            (job, decision)
         });
         self.deliver(answers, false);
     }
@@ -445,7 +518,7 @@ impl LimiterThread {
     fn answer_from_memory(&self, batch: &[Job]) {
         self.stats.fallbacks.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let now = Instant::now();
-        self.deliver(batch.iter().map(|job| (job, self.memory.decide(job.key, &job.counters, now))), true);
+        self.deliver(batch.iter().map(|job| (job, self.memory.decide(job.key, job.counters, now))), true);
     }
 
     fn go_down(&mut self, batch: &[Job], why: &dyn fmt::Display) {
@@ -553,7 +626,7 @@ impl Remote {
             if let Some(w) = self.waiting.remove(&seq) {
                 log::debug!("no Redis answer within {:?}: deciding from memory", self.timeout);
                 self.fallbacks += 1;
-                out.push((w.waiter, self.memory.decide(w.key, &w.counters, now)));
+                out.push((w.waiter, self.memory.decide(w.key, w.counters, now)));
             }
         }
         out
@@ -596,36 +669,59 @@ pub mod tests {
         };
         (remote, answers_tx)
     }
-    use crate::limit::Rate;
+    use crate::limit::{Policy, Rate, Settings};
+    use crate::route::Page;
+
+    /// A request's counters for `page` under `default` and `endpoint` (`Rate::parse_list`).
+    fn counters_of(strategy: Strategy, default: &str, endpoint: &str, page: Option<Page>) -> Counters {
+        let settings = Settings {
+            enabled: true,
+            strategy,
+            default: Rate::parse_list(default).unwrap(),
+            endpoint: Rate::parse_list(endpoint).unwrap(),
+            exempt: vec![],
+        };
+        Policy::leak(settings).counters("192.0.2.1".parse().unwrap(), page).unwrap()
+    }
+
+    fn store() -> Arc<MemoryStore> {
+        Arc::new(MemoryStore::new(100, 4))
+    }
 
     #[test]
     fn ipv4_keys_are_written_like_display_writes_them() {
+        let c = counters_of(Strategy::FixedWindow, "100/minute", "1/second", None);
+        let global = c.iter().next().unwrap();
         for a in [0u32, 1, 9, 10, 99, 100, 255, 256, 0x0A00_0001, 0xC0A8_6401, 0xFFFF_FFFF, 0x6464_6464, 0x0909_0909] {
             let k = ClientKey::V4(a);
-            assert_eq!(key_name(k, CounterId::Global), format!("zayzoon:{{{k}}}:global"), "{a:#x}");
+            assert_eq!(key_name(k, global), format!("zayzoon:{{{k}}}:global:100/60s"), "{a:#x}");
         }
     }
 
     #[test]
     fn key_names() {
+        let c = counters_of(Strategy::FixedWindow, "100/minute", "10 per 2 minutes", Some(Page::Health));
+        let health = c.iter().nth(1).unwrap();
         let k = ClientKey::of("192.0.2.1".parse().unwrap());
-        assert_eq!(key_name(k, CounterId::Global), "zayzoon:{192.0.2.1}:global");
+        assert_eq!(key_name(k, health), "zayzoon:{192.0.2.1}:health:10/120s");
         let k = ClientKey::of("2001:db8:1:2::5".parse().unwrap());
-        assert_eq!(key_name(k, CounterId::Page(crate::route::Page::Health)), "zayzoon:{2001:db8:1:2::/64}:health");
+        assert_eq!(key_name(k, health), "zayzoon:{2001:db8:1:2::/64}:health:10/120s");
+        let c = counters_of(Strategy::TokenBucket, "100/minute", "1/second", None);
+        assert_eq!(key_name(k, c.iter().next().unwrap()), "zayzoon:{2001:db8:1:2::/64}:global:100/60s:tb");
     }
 
     #[test]
-    fn replies() {
+    fn fixed_window_replies() {
         let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let two = counters_of(Strategy::FixedWindow, "5/minute", "1/minute", Some(Page::Status));
+        let (g, s) = (two.iter().next().unwrap(), two.iter().nth(1).unwrap());
         let ok = text("3 59000 1 60000");
-        assert_eq!(
-            parse_reply(&ok, 2),
-            Ok([CounterState { count: 3, ttl_ms: 59_000 }, CounterState { count: 1, ttl_ms: 60_000 }])
-        );
-        assert_eq!(parse_reply(&text("1 0"), 1).unwrap()[0], CounterState { count: 1, ttl_ms: 0 });
-        assert_eq!(parse_reply(&text(""), 0), Ok([CounterState { count: 0, ttl_ms: 0 }; 2]));
+        let states = parse_reply(&ok, two).unwrap();
+        assert_eq!(states[..2], [g.fixed_window(3, 59_000_000), s.fixed_window(1, 60_000_000)]);
+        let one = counters_of(Strategy::FixedWindow, "5/minute", "1/minute", None);
+        assert_eq!(parse_reply(&text("1 0"), one).unwrap()[0], g.fixed_window(1, 0));
         let max = "9999999999999999999 9999999999999999999";
-        assert_eq!(parse_reply(&text(max), 1).unwrap()[0].count, 9_999_999_999_999_999_999);
+        assert_eq!(parse_reply(&text(max), one).unwrap()[0].remaining, 0);
         for bad in [
             Value::Nil,
             Value::Int(1),
@@ -646,52 +742,68 @@ pub mod tests {
             text("1 05"),
             text(""),
         ] {
-            assert!(parse_reply(&bad, 1).is_err(), "{bad:?}");
+            assert!(parse_reply(&bad, one).is_err(), "{bad:?}");
         }
-        assert!(parse_reply(&ok, 3).is_err(), "more counters than a request has");
+        let three = counters_of(Strategy::FixedWindow, "5/minute;6/hour", "1/minute", Some(Page::Status));
+        assert!(parse_reply(&ok, three).is_err(), "fewer numbers than counters");
+    }
+
+    #[test]
+    fn token_bucket_replies() {
+        let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let c = counters_of(Strategy::TokenBucket, "5/minute", "1/minute", Some(Page::Status));
+        let (g, s) = (c.iter().next().unwrap(), c.iter().nth(1).unwrap());
+        let states = parse_reply(&text("1 1795765457042123 12000000 60000000"), c).unwrap();
+        assert_eq!(states[..2], [g.token_bucket(12_000_000, false), s.token_bucket(60_000_000, false)]);
+        // Refused: only the counter without a token is over.
+        let states = parse_reply(&text("0 1795765457042123 12000000 60000000"), c).unwrap();
+        assert_eq!(states[..2], [g.token_bucket(12_000_000, false), s.token_bucket(60_000_000, true)]);
+        for bad in ["", "1", "1 5", "1 5 0", "2 5 0 0", "1 5 0 0 0", "01 5 0 0", "1 5 0 -1", "1 5 0  0"] {
+            assert!(parse_reply(&text(bad), c).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
     fn waiting_checks_fall_back_to_memory_at_their_deadline() {
-        let (mut remote, _answers) = detached(Duration::from_millis(100), Arc::new(MemoryStore::default()));
+        let (mut remote, _answers) = detached(Duration::from_millis(100), store());
         let ip = "192.0.2.1".parse().unwrap();
         let t0 = Instant::now();
-        remote.submit(39, ClientKey::of(ip), counters(ip), t0);
+        remote.submit(39, ClientKey::of(ip), counters(), t0);
         remote.flush();
         assert_eq!(remote.next_deadline(), Some(t0 + Duration::from_millis(100)));
         assert!(remote.take_answers(t0 + Duration::from_millis(99)).is_empty());
         let answers = remote.take_answers(t0 + Duration::from_millis(100));
         assert_eq!(answers.len(), 1);
         assert_eq!(answers[0].0, 39);
-        assert!(matches!(answers[0].1, Decision::Limited { allowed: true, remaining: 0, .. }));
+        assert!(matches!(answers[0].1, Decision::Limited { refused: None, remaining: 0, .. }));
         assert_eq!(remote.next_deadline(), None);
     }
 
-    fn counters(ip: std::net::IpAddr) -> Counters {
-        let policy = crate::limit::Policy {
-            enabled: true,
-            default: Rate::per_minute(5),
-            endpoint: Rate::per_minute(1),
-            exempt: vec![],
-        };
-        policy.counters(ip, Some(crate::route::Page::Status)).unwrap()
+    fn counters() -> Counters {
+        counters_of(Strategy::FixedWindow, "5/minute", "1/minute", Some(Page::Status))
     }
 
     /// An answer that comes after its check was decided from memory must not be taken for the
     /// answer to the same waiter's next check.
     #[test]
     fn a_late_answer_does_not_answer_a_later_check() {
-        let (mut remote, answers) = detached(Duration::from_millis(100), Arc::new(MemoryStore::default()));
+        let (mut remote, answers) = detached(Duration::from_millis(100), store());
         let ip = "192.0.2.1".parse().unwrap();
         let t0 = Instant::now();
-        remote.submit(7, ClientKey::of(ip), counters(ip), t0);
+        remote.submit(7, ClientKey::of(ip), counters(), t0);
         let late = remote.take_answers(t0 + Duration::from_millis(100));
         assert_eq!(late.len(), 1, "decided from memory");
-        remote.submit(7, ClientKey::of(ip), counters(ip), t0 + Duration::from_millis(100));
-        let refused = Decision::Limited { allowed: false, rate: Rate::per_minute(1), remaining: 0, reset_secs: 9 };
+        remote.submit(7, ClientKey::of(ip), counters(), t0 + Duration::from_millis(100));
+        let by = counters().iter().nth(1).unwrap();
+        let refused = Decision::Limited {
+            limit: 1,
+            remaining: 0,
+            reset_secs: 9,
+            refused: Some(crate::limit::Refusal { by, retry_after_secs: 9 }),
+        };
         answers.send((false, vec![(0, refused)])).unwrap(); // the first check's answer, late
         assert!(remote.take_answers(t0 + Duration::from_millis(150)).is_empty());
-        let ok = Decision::Limited { allowed: true, rate: Rate::per_minute(1), remaining: 0, reset_secs: 60 };
+        let ok = Decision::Limited { limit: 1, remaining: 0, reset_secs: 60, refused: None };
         answers.send((false, vec![(1, ok)])).unwrap();
         assert_eq!(remote.take_answers(t0 + Duration::from_millis(150)), [(7, ok)]);
         assert_eq!(remote.take_fallbacks(), 1, "the first check, decided from memory at its deadline");
@@ -702,13 +814,13 @@ pub mod tests {
     /// answer that comes too late to be used (the check was decided already) is not counted again.
     #[test]
     fn fallbacks_count_each_check_decided_from_memory_once() {
-        let (mut remote, answers) = detached(Duration::from_millis(100), Arc::new(MemoryStore::default()));
+        let (mut remote, answers) = detached(Duration::from_millis(100), store());
         let ip = "192.0.2.1".parse().unwrap();
         let t0 = Instant::now();
         for waiter in 0..3 {
-            remote.submit(waiter, ClientKey::of(ip), counters(ip), t0);
+            remote.submit(waiter, ClientKey::of(ip), counters(), t0);
         }
-        let d = Decision::Limited { allowed: true, rate: Rate::per_minute(1), remaining: 0, reset_secs: 60 };
+        let d = Decision::Limited { limit: 1, remaining: 0, reset_secs: 60, refused: None };
         answers.send((false, vec![(0, d)])).unwrap(); // from Redis
         answers.send((true, vec![(1, d)])).unwrap(); // from memory
         assert_eq!(remote.take_answers(t0).len(), 2);

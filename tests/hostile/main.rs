@@ -444,6 +444,13 @@ fn malformed_and_oversized_heads() {
         ("Host with port 65536", h("GET /health HTTP/1.1\r\nHost: a:65536\r\n\r\n"), Expect::Close(400)),
         ("empty Host", h("GET /health HTTP/1.1\r\nHost:\r\n\r\n"), Expect::Close(400)),
         ("Host not UTF-8", b"GET /health HTTP/1.1\r\nHost: \xff\r\n\r\n".to_vec(), Expect::Close(400)),
+        ("Host percent-encoded", h("GET /health HTTP/1.1\r\nHost: ex%41mple.com\r\n\r\n"), Expect::Close(400)),
+        ("Host with a sub-delim", h("GET /health HTTP/1.1\r\nHost: a!b\r\n\r\n"), Expect::Close(400)),
+        // Issue 14: hosts real deployments send (RFC 3986 reg-names, an empty port) are served.
+        ("Host my_app:8443", h("GET /health HTTP/1.1\r\nHost: my_app:8443\r\n\r\n"), Expect::Served(200)),
+        ("Host zayzoon_web_1", h("GET /health HTTP/1.1\r\nHost: zayzoon_web_1\r\n\r\n"), Expect::Served(200)),
+        ("Host with an empty port", h("GET /health HTTP/1.1\r\nHost: example.com:\r\n\r\n"), Expect::Served(200)),
+        ("Host svc~1.internal", h("GET /health HTTP/1.1\r\nHost: svc~1.internal\r\n\r\n"), Expect::Served(200)),
         // 400: framing (request smuggling).
         (
             "CL.TE",
@@ -479,6 +486,11 @@ fn malformed_and_oversized_heads() {
             Expect::Close(400),
         ),
         ("negative Content-Length", h("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n"), Expect::Close(400)),
+        // Issue 14: an empty list member makes Content-Length invalid (it was read as 1).
+        ("Content-Length 1,", h("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1,\r\n\r\nx"), Expect::Close(400)),
+        ("Content-Length 1,,1", h("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1,,1\r\n\r\nx"), Expect::Close(400)),
+        ("Content-Length ,1", h("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: ,1\r\n\r\nx"), Expect::Close(400)),
+        ("Content-Length 1, 1", h("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\nx"), Expect::Served(404)),
         (
             "chunked twice",
             h("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
@@ -487,6 +499,12 @@ fn malformed_and_oversized_heads() {
         (
             "chunked with parameters",
             h("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;x=1\r\n\r\n"),
+            Expect::Close(400),
+        ),
+        // Issue 14: chunked not the final coding is 400 (RFC 9112 §6.3), not 501.
+        (
+            "chunked then identity",
+            h("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n"),
             Expect::Close(400),
         ),
         (
@@ -507,6 +525,21 @@ fn malformed_and_oversized_heads() {
         ("bad chunk size", with_body(te, b"0x5\r\nhello\r\n0\r\n\r\n"), Expect::Close(400)),
         ("chunk data without CRLF", with_body(te, b"3\r\nabcX\r\n0\r\n\r\n"), Expect::Close(400)),
         ("chunk line with bare LF", with_body(te, b"3\nabc\n0\n\n"), Expect::Close(400)),
+        // Issue 14: a chunk line is RFC 9112 §7.1's grammar exactly; whitespace only before a `;`.
+        ("chunk size 5 6", with_body(te, b"5 6\r\nhello\r\n0\r\n\r\n"), Expect::Close(400)),
+        ("last chunk 0 1", with_body(te, b"0 1\r\nx\r\n0\r\n\r\n"), Expect::Close(400)),
+        ("chunk size then a space", with_body(te, b"5 \r\nhello\r\n0\r\n\r\n"), Expect::Close(400)),
+        ("chunk size then a tab", with_body(te, b"5\t\r\nhello\r\n0\r\n\r\n"), Expect::Close(400)),
+        ("chunk size then words", with_body(te, b"5 xyz\r\nhello\r\n0\r\n\r\n"), Expect::Close(400)),
+        ("chunk extension with a space", with_body(te, b"5;a b\r\nhello\r\n0\r\n\r\n"), Expect::Close(400)),
+        ("chunk extension unclosed quote", with_body(te, b"5;a=\"b\r\nhello\r\n0\r\n\r\n"), Expect::Close(400)),
+        ("chunk extension after BWS", with_body(te, b"5 ;a=b\r\nhello\r\n0;c=\"d\"\r\n\r\n"), Expect::Served(404)),
+        // Issue 14: trailer lines are header fields, checked as the head's are.
+        ("trailer without a colon", with_body(te, b"0\r\nbogus\r\n\r\n"), Expect::Close(400)),
+        ("trailer with a space before the colon", with_body(te, b"0\r\nX : 1\r\n\r\n"), Expect::Close(400)),
+        ("trailer name not a token", with_body(te, b"0\r\nX(y): 1\r\n\r\n"), Expect::Close(400)),
+        ("trailer that is a status line", with_body(te, b"0\r\nHTTP/1.1 200 OK\r\n\r\n"), Expect::Close(400)),
+        ("trailer fields", with_body(te, b"0\r\nX: 1\r\nY:\r\n\r\n"), Expect::Served(404)),
         // 400: the request line and fields.
         ("bare LF line ends", h("GET /health HTTP/1.1\nHost: a\n\n"), Expect::Close(400)),
         ("bare LF inside", h("GET /health HTTP/1.1\r\nHost: a\nX: y\r\n\r\n"), Expect::Close(400)),

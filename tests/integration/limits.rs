@@ -59,6 +59,10 @@ on_both_stores!(
     spoofed_entries_left_of_the_proxy_do_not_change_the_key,
     exempt_clients_are_never_counted,
     headers_describe_the_most_restrictive_limit,
+    several_limits_in_one_variable,
+    token_bucket_five_per_minute,
+    token_bucket_refills_one_token_at_a_time,
+    refused_requests_count_against_nothing,
 );
 
 fn from(server: &Server, path: &str, client: &str) -> Response {
@@ -179,4 +183,86 @@ fn headers_describe_the_most_restrictive_limit(store: &Store) {
     assert_eq!(r.header("RateLimit-Remaining"), Some("2"));
     let reset: u64 = r.header("RateLimit-Reset").unwrap().parse().unwrap();
     assert!(reset > 3500 && reset <= 3600, "{reset}");
+}
+
+/// Flask-Limiter's lists: each limit is its own counter; the headers show the tightest, and the
+/// 429 names the limit that refused (issue 12).
+fn several_limits_in_one_variable(store: &Store) {
+    // Fixed windows count every request, refused or not: the refused third one counts toward the
+    // hourly limit too.
+    let server =
+        store.start(&[("RATE_LIMIT_DEFAULT", "2/second; 4 per 1 hour"), ("RATE_LIMIT_ENDPOINT", "100/minute")]);
+    let client = "192.0.2.70";
+    let r = from(&server, "/nowhere", client);
+    assert_eq!((r.header("RateLimit-Limit"), r.header("RateLimit-Remaining")), (Some("2"), Some("1")));
+    let r = from(&server, "/nowhere", client);
+    // Both have 1 or 0 left: the per-second one has 0.
+    assert_eq!((r.header("RateLimit-Limit"), r.header("RateLimit-Remaining")), (Some("2"), Some("0")));
+    let r = from(&server, "/nowhere", client);
+    assert_eq!(r.status, 429);
+    assert!(r.body_text().contains("Rate limit exceeded: 2 per 1 second"), "{}", r.body_text());
+    // A second later the per-second window has refilled; the hourly one has one request left.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let r = loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let r = from(&server, "/nowhere", client);
+        if r.status == 404 {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "the per-second limit never refilled");
+    };
+    assert_eq!((r.header("RateLimit-Limit"), r.header("RateLimit-Remaining")), (Some("4"), Some("0")));
+    let r = from(&server, "/nowhere", client);
+    assert_eq!(r.status, 429);
+    assert!(r.body_text().contains("Rate limit exceeded: 4 per 1 hour"), "{}", r.body_text());
+    let retry: u64 = r.header("Retry-After").unwrap().parse().unwrap();
+    assert!(retry > 3500 && retry <= 3600, "{retry}");
+}
+
+/// SPEC §3's example, on both stores: five at once (the fifth shows Remaining 0, Reset 60), the
+/// sixth refused with `Retry-After: 12`.
+fn token_bucket_five_per_minute(store: &Store) {
+    let server = store.start(&[("RATE_LIMIT_STRATEGY", "token-bucket"), ("RATE_LIMIT_DEFAULT", "5/minute")]);
+    for remaining in (0..5).rev() {
+        let r = from(&server, "/nowhere", "192.0.2.80");
+        assert_eq!(r.status, 404);
+        assert_eq!(r.header("RateLimit-Remaining"), Some(remaining.to_string().as_str()));
+        assert!(r.header("Retry-After").is_none());
+    }
+    let r = from(&server, "/nowhere", "192.0.2.80");
+    assert_eq!((r.status, r.header("Retry-After")), (429, Some("12")));
+    assert_eq!((r.header("RateLimit-Limit"), r.header("RateLimit-Remaining")), (Some("5"), Some("0")));
+    assert_eq!(r.header("RateLimit-Reset"), Some("60"));
+    assert!(r.body_text().contains("Rate limit exceeded: 5 per 1 minute"));
+}
+
+/// No burst of 2N across a window boundary: a token comes back every P/N, not N at once.
+fn token_bucket_refills_one_token_at_a_time(store: &Store) {
+    let server = store.start(&[("RATE_LIMIT_STRATEGY", "token-bucket"), ("RATE_LIMIT_DEFAULT", "2/second")]);
+    let client = "192.0.2.81";
+    assert_eq!(from(&server, "/nowhere", client).status, 404);
+    assert_eq!(from(&server, "/nowhere", client).status, 404);
+    assert_eq!(from(&server, "/nowhere", client).status, 429);
+    // After a token's time (500 ms), one request goes through, and the next is refused again.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(from(&server, "/nowhere", client).status, 404);
+    assert_eq!(from(&server, "/nowhere", client).status, 429, "one token back, not a whole window");
+}
+
+/// Once the page's counter has refused a client, its further requests there are refused without
+/// counting against the global limit (SPEC §3, refusals are cheap).
+fn refused_requests_count_against_nothing(store: &Store) {
+    let server = store.start(&[("RATE_LIMIT_DEFAULT", "10/minute"), ("RATE_LIMIT_ENDPOINT", "1/minute")]);
+    let client = "192.0.2.90";
+    assert_eq!(from(&server, "/status", client).status, 200);
+    for _ in 0..5 {
+        let r = from(&server, "/status", client);
+        assert_eq!((r.status, r.header("RateLimit-Remaining")), (429, Some("0")));
+        let retry: u64 = r.header("Retry-After").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+    }
+    // The global counter saw the first /status and the first refusal only (the refusal that the
+    // store answered), then this request: 10 - 3 = 7 left.
+    let r = from(&server, "/nowhere", client);
+    assert_eq!((r.status, r.header("RateLimit-Limit"), r.header("RateLimit-Remaining")), (404, Some("10"), Some("7")));
 }

@@ -57,7 +57,8 @@ fn concurrent_counts_are_exact_and_batched() {
     let reads = redis.info_number("total_reads_processed") - reads_before;
     // No lost or double increments: each client's counter holds exactly its requests.
     for c in 0..clients {
-        let count: u64 = redis.cli(&["--raw", "GET", &format!("zayzoon:{{198.51.100.{c}}}:global")]).parse().unwrap();
+        let count: u64 =
+            redis.cli(&["--raw", "GET", &format!("zayzoon:{{198.51.100.{c}}}:global:1000000/60s")]).parse().unwrap();
         assert_eq!(count, (conns / clients * per_conn) as u64, "client {c}");
     }
     let requests = (conns * per_conn) as u64;
@@ -89,7 +90,7 @@ fn killed_redis_falls_back_to_memory_and_comes_back() {
     // Back within seconds: the INFO line, then counts land in Redis again.
     server.wait_for_line("come from Redis again").expect("one INFO when Redis is back");
     assert_eq!(server.get_with("/nowhere", &["X-Forwarded-For: 192.0.2.200"]).status, 404);
-    assert_eq!(redis.cli(&["--raw", "GET", "zayzoon:{192.0.2.200}:global"]), "1");
+    assert_eq!(redis.cli(&["--raw", "GET", "zayzoon:{192.0.2.200}:global:1000000/60s"]), "1");
     assert_eq!(server.log_lines("come from Redis again").len(), 1);
 }
 
@@ -200,7 +201,7 @@ fn selected_database_is_used() {
     let url = format!("redis://127.0.0.1:{}/3", redis.port);
     let server = Server::start(&[("REDIS_URL", &url)]);
     assert_eq!(server.get("/status").status, 200);
-    assert_eq!(redis.cli(&["-n", "3", "--raw", "GET", "zayzoon:{127.0.0.1}:status"]), "1");
+    assert_eq!(redis.cli(&["-n", "3", "--raw", "GET", "zayzoon:{127.0.0.1}:status:10/60s"]), "1");
     assert!(redis.keys().is_empty(), "nothing in db 0");
 }
 
@@ -228,4 +229,102 @@ fn redis_down_is_never_a_5xx() {
     }
     assert!(server.wait_for_line("rate limits come from memory").is_some(), "{}", server.log_text());
     assert_eq!(server.log_lines("rate limits come from memory").len(), 1, "one WARN, not one per request");
+}
+
+/// Refusals are cheap (SPEC §3): a client flooding past its limit costs Redis at most 0.01
+/// commands per refused request, because the refusal is remembered until its Retry-After.
+#[test]
+fn a_flood_past_the_limit_costs_redis_almost_nothing() {
+    let redis = RedisServer::start(&[]);
+    let server = start(&redis, &[("RATE_LIMIT_DEFAULT", "5/minute")]);
+    let mut s = server.connect();
+    let req = b"GET /nowhere HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.66\r\n\r\n";
+    for _ in 0..6 {
+        s.write_all(req).unwrap();
+        read_response(&mut s, false).unwrap();
+    }
+    let before = redis.command_calls("evalsha");
+    let refused = 2_000;
+    for _ in 0..refused {
+        s.write_all(req).unwrap();
+        let r = read_response(&mut s, false).unwrap();
+        assert_eq!((r.status, r.header("RateLimit-Remaining")), (429, Some("0")));
+    }
+    let calls = redis.command_calls("evalsha") - before;
+    assert!(calls as f64 <= 0.01 * refused as f64, "{calls} Redis scripts for {refused} refused requests");
+    assert_eq!(redis.cli(&["--raw", "GET", "zayzoon:{203.0.113.66}:global:5/60s"]), "6", "counted no further");
+}
+
+/// The token bucket in Redis decides as the memory store does. Each of 16 clients sends 50
+/// requests at random moments against one to three limits with short periods (so that tokens come
+/// back during the test), through the Lua script, which takes its time from Redis (`TIME`) and
+/// returns it; the memory store, given those same times, must give every decision the same.
+#[test]
+fn token_bucket_in_redis_decides_as_memory_does() {
+    use zayzoon::limit::{ClientKey, Decision, MemoryStore, Policy, Rate, Settings, Strategy, remote};
+    const LIMITS: [&str; 6] = ["10/second", "5/second", "8 per 2 seconds", "20 per 3 seconds", "15/second", "3/second"];
+    let redis = RedisServer::start(&[]);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let (decisions, refused): (usize, usize) = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..16u64)
+            .map(|seed| {
+                let client = &client;
+                scope.spawn(move || {
+                    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                    let mut next = move || {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x
+                    };
+                    let n = 1 + (next() % 3) as usize;
+                    let list: Vec<&str> = (0..n).map(|_| LIMITS[(next() % 6) as usize]).collect();
+                    let settings = Settings {
+                        enabled: true,
+                        strategy: Strategy::TokenBucket,
+                        default: Rate::parse_list(&list.join(";")).unwrap(),
+                        endpoint: vec![Rate::per_minute(1)],
+                        exempt: vec![],
+                    };
+                    let ip = format!("198.51.100.{seed}").parse().unwrap();
+                    let policy = Policy::leak(settings);
+                    let counters = policy.counters(ip, None).unwrap();
+                    let key = ClientKey::of(ip);
+                    let mut conn = client.get_connection().unwrap();
+                    let memory = MemoryStore::new(16, policy.slots());
+                    let t0 = Instant::now();
+                    let mut first_now = None;
+                    let mut refused = 0;
+                    for i in 0..50 {
+                        std::thread::sleep(Duration::from_millis(next() % 90));
+                        let mut cmd = redis::cmd("EVAL");
+                        cmd.arg(remote::TOKEN_BUCKET).arg(counters.len());
+                        for c in counters.iter() {
+                            cmd.arg(remote::key_name(key, c));
+                        }
+                        for c in counters.iter() {
+                            cmd.arg(c.interval_us).arg(c.period_us);
+                        }
+                        let reply: redis::Value = cmd.query(&mut conn).unwrap();
+                        let redis::Value::BulkString(text) = &reply else { panic!("{reply:?}") };
+                        let now: u64 = String::from_utf8_lossy(text).split(' ').nth(1).unwrap().parse().unwrap();
+                        let states = remote::parse_reply(&reply, counters).unwrap();
+                        let in_redis = Decision::from_states(counters, &states[..counters.len()]);
+                        let since = now - *first_now.get_or_insert(now);
+                        let in_memory = memory.decide(key, counters, t0 + Duration::from_micros(since));
+                        assert_eq!(in_redis, in_memory, "client {seed}, limits {list:?}, request {i} at {since} µs");
+                        refused += usize::from(matches!(in_redis, Decision::Limited { refused: Some(_), .. }));
+                    }
+                    (50, refused)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).fold((0, 0), |(d, r), (n, m)| (d + n, r + m))
+    });
+    eprintln!("token bucket, Redis vs memory: {decisions} decisions agreed, {refused} of them refusals");
+    assert!(
+        refused >= decisions / 10 && refused <= decisions * 9 / 10,
+        "{refused} of {decisions} refused: a weak test"
+    );
+    redis.assert_every_key_expires();
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use zayzoon::conn::{Ctx, Session, Settings};
-use zayzoon::limit::{Limiter, MemoryStore, Policy, Rate};
+use zayzoon::limit::{self, Limiter, MemoryStore, Policy, Rate, Strategy};
 use zayzoon::response::Renderer;
 
 /// A fixed wall clock (RFC 9110's example date), so that two runs render byte-identical `Date`
@@ -25,18 +25,31 @@ pub fn settings() -> Settings {
     }
 }
 
-/// Limiting off.
-pub fn unlimited() -> Policy {
-    Policy { enabled: false, default: Rate::per_minute(1), endpoint: Rate::per_minute(1), exempt: vec![] }
+/// Limits of `default` per client and `endpoint` per page, with the fixed window.
+pub fn limits(default: u32, endpoint: u32) -> limit::Settings {
+    limit::Settings {
+        enabled: true,
+        strategy: Strategy::FixedWindow,
+        default: vec![Rate::per_minute(default)],
+        endpoint: vec![Rate::per_minute(endpoint)],
+        exempt: vec![],
+    }
 }
 
-/// What a worker gives its sessions, with the in-memory store.
-pub fn ctx(settings: Settings, policy: Policy, memory: Arc<MemoryStore>) -> Ctx {
+/// Limiting off.
+pub fn unlimited() -> limit::Settings {
+    limit::Settings { enabled: false, ..limits(1, 1) }
+}
+
+/// What a worker gives its sessions, with an in-memory store of `capacity` clients.
+pub fn ctx(settings: Settings, limits: limit::Settings, capacity: usize) -> Ctx {
+    let policy = Policy::leak(limits);
+    let memory = Arc::new(MemoryStore::new(capacity, policy.slots()));
     Ctx {
         now: std::time::Instant::now(),
         wall_ms: WALL_MS,
         settings: Arc::new(settings),
-        limiter: Limiter::new(Arc::new(policy), memory, None),
+        limiter: Limiter::new(policy, memory, None),
         renderer: Renderer::new(WALL_MS),
         draining: false,
         metrics: None,

@@ -4,7 +4,7 @@
 mod harness;
 
 use super::*;
-use crate::limit::{MemoryStore, Policy, Rate};
+use crate::limit::{self, MemoryStore, Policy};
 use harness::{drain, statuses};
 
 /// A harness: the context a worker would give, limiting off unless a test sets a policy.
@@ -17,8 +17,8 @@ impl Harness {
         Harness::with_policy(harness::unlimited())
     }
 
-    fn with_policy(policy: Policy) -> Harness {
-        Harness { ctx: harness::ctx(harness::settings(), policy, Arc::new(MemoryStore::default())) }
+    fn with_policy(limits: limit::Settings) -> Harness {
+        Harness { ctx: harness::ctx(harness::settings(), limits, 1000) }
     }
 
     fn session(&self) -> Session {
@@ -244,9 +244,7 @@ fn draining_closes_after_the_response() {
 
 #[test]
 fn limits_apply_per_client_and_path() {
-    let policy =
-        Policy { enabled: true, default: Rate::per_minute(100), endpoint: Rate::per_minute(2), exempt: vec![] };
-    let mut h = Harness::with_policy(policy);
+    let mut h = Harness::with_policy(harness::limits(100, 2));
     let req = b"GET /status HTTP/1.1\r\nHost: a\r\n\r\n";
     let (out, _) = h.run(&req.repeat(3));
     assert_eq!(statuses(out.as_bytes()), [200, 200, 429]);
@@ -277,16 +275,15 @@ fn idle_sessions_hold_no_buffers() {
 /// A harness whose limiter waits for answers, as with Redis; returns the answer channel.
 fn waiting_harness() -> (Harness, std::sync::mpsc::Sender<crate::limit::remote::Answers>) {
     let mut h = Harness::new();
-    let memory = Arc::new(MemoryStore::default());
+    let policy = Policy::leak(harness::limits(100, 10));
+    let memory = Arc::new(MemoryStore::new(100, policy.slots()));
     let (remote, answers) = crate::limit::remote::tests::detached(Duration::from_millis(100), Arc::clone(&memory));
-    let policy =
-        Policy { enabled: true, default: Rate::per_minute(100), endpoint: Rate::per_minute(10), exempt: vec![] };
-    h.ctx.limiter = Limiter::new(Arc::new(policy), memory, Some(remote));
+    h.ctx.limiter = Limiter::new(policy, memory, Some(remote));
     (h, answers)
 }
 
 fn limited(remaining: u64) -> Decision {
-    Decision::Limited { allowed: true, rate: Rate::per_minute(10), remaining, reset_secs: 30 }
+    Decision::Limited { limit: 10, remaining, reset_secs: 30, refused: None }
 }
 
 #[test]
