@@ -181,7 +181,8 @@ fn emf_lines_have_the_spec_shape_and_add_up_to_the_requests_sent() {
     ];
     let mut server = Server::start(&env);
     let started = Instant::now();
-    // Three /status answered, two refused; 404s, redirects, a 405, parser errors (400, 505, 431).
+    // Three /status answered, two refused (the second from the refusal cache, SPEC §3: RateLimited
+    // counts it too); 404s, redirects, a 405, parser errors (400, 505, 431).
     let mut sent = [0u64; 4];
     let mut count = |status: u16| sent[usize::from(status / 100 - 2)] += 1;
     for expected in [200, 200, 200, 429] {
