@@ -3,15 +3,12 @@
 //! command line (`support::redis::Certs`). The TLS tests need a build with the `tls` feature
 //! (`cargo test --features tls`); the rest run in every build.
 
-use std::time::{Duration, Instant};
-
 use crate::support::redis::RedisServer;
 use crate::support::{BIN, Server};
 
 /// Runs the server with `env` (and nothing else from ours) until it exits by itself: its exit
-/// code, everything it printed (stdout then stderr), and how long it ran.
-fn run_to_exit(env: &[(&str, &str)]) -> (Option<i32>, String, Duration) {
-    let start = Instant::now();
+/// code, and everything it printed (stdout then stderr).
+fn run_to_exit(env: &[(&str, &str)]) -> (Option<i32>, String) {
     let out = std::process::Command::new(BIN)
         .env_clear()
         .envs([("PORT", "0"), ("BIND_ADDR", "127.0.0.1")])
@@ -19,17 +16,17 @@ fn run_to_exit(env: &[(&str, &str)]) -> (Option<i32>, String, Duration) {
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code(), text, start.elapsed())
+    (out.status.code(), text)
 }
 
 #[cfg(not(feature = "tls"))]
 #[test]
 fn rediss_and_a_ca_file_in_a_build_without_tls_are_exit_2() {
-    let (code, text, _) = run_to_exit(&[("REDIS_URL", "rediss://:hunter2@127.0.0.1:6379")]);
+    let (code, text) = run_to_exit(&[("REDIS_URL", "rediss://:hunter2@127.0.0.1:6379")]);
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("invalid REDIS_URL=") && text.contains("this build lacks TLS"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
-    let (code, text, _) = run_to_exit(&[("REDIS_URL", "redis://127.0.0.1:6379"), ("REDIS_CA_FILE", "/etc/hostname")]);
+    let (code, text) = run_to_exit(&[("REDIS_URL", "redis://127.0.0.1:6379"), ("REDIS_CA_FILE", "/etc/hostname")]);
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("invalid REDIS_CA_FILE=") && text.contains("this build lacks TLS"), "{text}");
 }
@@ -68,7 +65,7 @@ fn credentials_from_their_variables_over_plain_redis() {
 
     // The wrong user's password: authentication failed, at once, naming neither.
     let env = [("REDIS_URL", url.as_str()), ("REDIS_USERNAME", "alice"), ("REDIS_PASSWORD", "p@ss#w/rd 1")];
-    let (code, text, _) = run_to_exit(&env);
+    let (code, text) = run_to_exit(&env);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.to_lowercase().contains("authentication failed") && text.contains("after 1 attempt(s)"), "{text}");
     assert!(!text.contains("alice") && !text.contains("p@ss"), "{text}");
@@ -82,7 +79,7 @@ fn credentials_never_reach_help_or_config_errors() {
     assert!(help.contains("REDIS_PASSWORD") && help.contains("REDIS_USERNAME") && help.contains("REDIS_CA_FILE"));
     assert!(!help.contains("hunter2"), "{help}");
     // Set without a REDIS_URL: exit 2, naming the variable, not its value.
-    let (code, text, _) = run_to_exit(&secrets);
+    let (code, text) = run_to_exit(&secrets);
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("invalid REDIS_USERNAME=\"***\"") && !text.contains("hunter2"), "{text}");
 }
@@ -182,7 +179,7 @@ mod tls {
         let redis = RedisServer::start_tls(&certs, "s3cret-pw");
         let (url, ca) = (redis.url(), other.path("ca.pem"));
         let env = [("REDIS_URL", url.as_str()), ("REDIS_PASSWORD", "s3cret-pw"), ("REDIS_CA_FILE", &ca)];
-        let (code, text, _) = run_to_exit(&[&env[..], &[("REDIS_CONNECT_RETRIES", "2")]].concat());
+        let (code, text) = run_to_exit(&[&env[..], &[("REDIS_CONNECT_RETRIES", "2")]].concat());
         assert_eq!(code, Some(1), "{text}");
         // A certificate is a failed attempt like any other (SPEC §7): retried, then exit 1.
         assert!(text.contains("after 2 attempt(s): TLS certificate refused"), "{text}");
@@ -198,7 +195,7 @@ mod tls {
         let redis = RedisServer::start_tls(&impostor, "s3cret-pw");
         let (url, ca) = (redis.url(), certs.path("ca.pem"));
         let env = [("REDIS_URL", url.as_str()), ("REDIS_CA_FILE", &ca), ("REDIS_CONNECT_RETRIES", "1")];
-        let (code, text, _) = run_to_exit(&env);
+        let (code, text) = run_to_exit(&env);
         assert_eq!(code, Some(1), "{text}");
         assert!(text.contains("TLS certificate refused") && text.contains("BadSignature"), "{text}");
         assert!(text.contains("not issued by a CA in REDIS_CA_FILE"), "{text}");
@@ -210,7 +207,7 @@ mod tls {
         let redis = RedisServer::start_tls(&certs, "s3cret-pw");
         let url = redis.url();
         let env = [("REDIS_URL", url.as_str()), ("REDIS_PASSWORD", "s3cret-pw"), ("REDIS_CONNECT_RETRIES", "1")];
-        let (code, text, _) = run_to_exit(&env);
+        let (code, text) = run_to_exit(&env);
         assert_eq!(code, Some(1), "{text}");
         assert!(text.contains("TLS certificate refused") && text.contains("built-in roots"), "{text}");
         assert!(text.contains("a private CA needs REDIS_CA_FILE"), "{text}");
@@ -223,7 +220,7 @@ mod tls {
         let redis = RedisServer::start_tls(&certs, "s3cret-pw");
         let (url, ca) = (redis.url(), certs.path("ca.pem"));
         let env = [("REDIS_URL", url.as_str()), ("REDIS_CA_FILE", &ca), ("REDIS_CONNECT_RETRIES", "1")];
-        let (code, text, _) = run_to_exit(&env);
+        let (code, text) = run_to_exit(&env);
         assert_eq!(code, Some(1), "{text}");
         assert!(
             text.contains("TLS certificate refused") && text.contains("not valid for name \"127.0.0.1\""),
@@ -237,7 +234,7 @@ mod tls {
         let redis = RedisServer::start_tls(&certs, "s3cret-pw");
         let (url, ca) = (redis.url(), certs.path("ca.pem"));
         let env = [("REDIS_URL", url.as_str()), ("REDIS_CA_FILE", &ca), ("REDIS_PASSWORD", "wrong-hunter2")];
-        let (code, text, _) = run_to_exit(&env);
+        let (code, text) = run_to_exit(&env);
         assert_eq!(code, Some(1), "{text}");
         assert!(text.contains("after 1 attempt(s)"), "retrying can't help: {text}");
         assert!(text.to_lowercase().contains("authentication failed"), "{text}");
@@ -276,11 +273,11 @@ mod tls {
             ("rediss://127.0.0.1:1", key.as_str(), "holds no certificate"),
             ("redis://127.0.0.1:1", ca.as_str(), "REDIS_URL is redis://"),
         ] {
-            let (code, text, _) = run_to_exit(&[("REDIS_URL", url), ("REDIS_CA_FILE", file)]);
+            let (code, text) = run_to_exit(&[("REDIS_URL", url), ("REDIS_CA_FILE", file)]);
             assert_eq!(code, Some(2), "{file}: {text}");
             assert!(text.contains(&format!("invalid REDIS_CA_FILE={file:?}")) && text.contains(says), "{text}");
         }
-        let (code, text, _) = run_to_exit(&[("REDIS_CA_FILE", &ca)]);
+        let (code, text) = run_to_exit(&[("REDIS_CA_FILE", &ca)]);
         assert_eq!(code, Some(2), "{text}");
         assert!(text.contains("REDIS_URL is unset"), "{text}");
     }
