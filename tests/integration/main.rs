@@ -9,5 +9,6 @@ mod lifecycle;
 mod limits;
 mod redirects;
 mod redis_store;
+mod redis_tls;
 mod routes;
 mod timeouts;
