@@ -153,9 +153,8 @@ impl Config {
     pub fn summary(&self) -> String {
         let p = &self.policy;
         let exempt: Vec<String> = p.exempt.iter().map(ToString::to_string).collect();
-        let (retries, timeout) = self.redis.as_ref().map_or((0, 0), |r| (r.connect_retries, r.timeout.as_millis()));
         format!(
-            "workers={} max_connections={} store={} redis_connect_retries={retries} redis_timeout_ms={timeout} \
+            "workers={} max_connections={} store={} \
              rate_limit_enabled={} rate_limit_strategy={} rate_limit_default=\"{}\" rate_limit_endpoint=\"{}\" \
              rate_limit_exempt=\"{}\" \
              trusted_proxy_hops={} public_host={} keepalive_timeout_s={} header_timeout_s={} \

@@ -66,6 +66,11 @@ impl Settings {
                 None => out.push_str(" redis_ca=built-in"),
             }
         }
+        out.push_str(&format!(
+            " redis_connect_retries={} redis_timeout_ms={}",
+            self.connect_retries,
+            self.timeout.as_millis()
+        ));
         out
     }
 }
