@@ -271,15 +271,24 @@ class Nginx(Server):
 
 
 class Redis(Server):
-    def __init__(self, workdir):
+    def __init__(self, workdir, certs=None):
+        """With `certs` (a directory from make_certs), also a TLS port, `tls_port`; INFO still goes
+        through the plain port, so the counters cover both."""
         self.port = free_port()
         self.dir = workdir
         self.name = "redis-server"
+        self.tls_args = []
+        if certs:
+            self.tls_port = free_port()
+            self.tls_args = ["--tls-port", str(self.tls_port), "--tls-auth-clients", "no"] + [
+                arg for flag, file in (("--tls-cert-file", "server.pem"), ("--tls-key-file", "server.key"),
+                                       ("--tls-ca-cert-file", "ca.pem"))
+                for arg in (flag, os.path.join(certs, file))]
 
     def start(self):
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--daemonize", "no"],
+             "--appendonly", "no", "--dir", self.dir, "--daemonize", "no"] + self.tls_args,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         PROCS.append(self)
@@ -328,6 +337,24 @@ class Redis(Server):
 
 
 PROCS = []
+
+
+def make_certs(workdir):
+    """A CA and a certificate it signed for 127.0.0.1 (ECDSA P-256, as ElastiCache's are not: theirs
+    are RSA; the handshake happens once per connection, not per request), made with openssl in a
+    directory of `workdir`. Returns the directory (ca.pem, server.pem, server.key)."""
+    d = tempfile.mkdtemp(prefix="certs.", dir=workdir)
+    with open(os.path.join(d, "ext.cnf"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\n")
+    ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2".split()
+    for args in (["req", "-x509"] + ec + ["-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=bench CA"],
+                 ["req"] + ec + ["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=bench Redis"],
+                 ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                  "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"]):
+        out = subprocess.run(["openssl"] + args, cwd=d, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise Broken(f"openssl {args[0]}: {out.stderr}")
+    return d
 
 
 def stop_all():
@@ -628,6 +655,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--zayzoon", required=True, help="release binary (glibc) for the throughput rows")
     ap.add_argument("--musl", help="stripped static musl binary, for its size")
+    ap.add_argument("--zayzoon-tls", help="release binary built with --features tls, for the Redis-over-TLS row")
+    ap.add_argument("--musl-tls", help="stripped static musl binary with --features tls (the image's), for its size")
     ap.add_argument("--smoke", action="store_true", help="every row briefly: seconds each")
     ap.add_argument("--pairs", type=int, help="A/B pairs per row (default 7; smoke 1)")
     ap.add_argument("--duration", type=int, help="seconds per round (default 4; smoke 1)")
@@ -713,6 +742,25 @@ def run(args, work, started):
             ))
     finally:
         redis.stop()
+    tls_note = None
+    if args.zayzoon_tls:
+        certs = make_certs(work)
+        ca = os.path.join(certs, "ca.pem")
+        redis_tls = Redis(work, certs=certs).start()
+        try:
+            zz_tls = lambda **env: (lambda: Zayzoon(args.zayzoon_tls, work, **env))  # noqa: E731
+            tls_url, plain_url = f"rediss://127.0.0.1:{redis_tls.tls_port}/", f"redis://127.0.0.1:{redis_tls.port}/"
+            tls_note = redis_store_status(args.zayzoon_tls, work, redis_tls, tls_url, REDIS_CA_FILE=ca)
+            if tls_note is None:
+                # One binary (the tls build) and one redis-server: the ratio is what TLS costs.
+                rows.append(run_row(
+                    "Redis store over TLS",
+                    [("zayzoon TLS redis", zz_tls(REDIS_URL=tls_url, REDIS_CA_FILE=ca)),
+                     ("zayzoon plain redis", zz_tls(REDIS_URL=plain_url))],
+                    args, redis=redis_tls,
+                ))
+        finally:
+            redis_tls.stop()
     rows.append(run_row("WORKERS=2", [("zayzoon", zz(WORKERS=2)), ("nginx", ngx(workers=2))], args))
 
     # Memory at rest, under one keep-alive round, and with many idle connections; and the time
@@ -768,17 +816,18 @@ def run(args, work, started):
                                                                          False, signal.SIGTERM, work)
     extra["instructions"] = instr
 
-    sizes = {"zayzoon musl": os.path.getsize(args.musl) if args.musl else None}
+    sizes = {"zayzoon musl": os.path.getsize(args.musl) if args.musl else None,
+             "zayzoon musl tls": os.path.getsize(args.musl_tls) if args.musl_tls else None}
     nginx_path = subprocess.run(["sh", "-c", "command -v nginx"], capture_output=True, text=True).stdout.strip()
     sizes["nginx"] = os.path.getsize(os.path.realpath(nginx_path))
 
-    report(args, rows, same, redis_note, extra, sizes, time.monotonic() - started)
+    report(args, rows, same, redis_note, extra, sizes, time.monotonic() - started, tls_note)
     return 0
 
 
-def redis_store_status(zz_bin, work, redis, url):
+def redis_store_status(zz_bin, work, redis, url, **env):
     """None when zayzoon uses Redis for REDIS_URL; else why the row is n/a."""
-    s = Zayzoon(zz_bin, work, log_name="zayzoon-redis-probe.log", REDIS_URL=url, REDIS_CONNECT_RETRIES=1)
+    s = Zayzoon(zz_bin, work, log_name="zayzoon-redis-probe.log", REDIS_URL=url, REDIS_CONNECT_RETRIES=1, **env)
     try:
         s.start()
     except Broken as e:
@@ -794,7 +843,7 @@ def redis_store_status(zz_bin, work, redis, url):
         s.stop()
 
 
-def report(args, rows, same, redis_note, extra, sizes, elapsed):
+def report(args, rows, same, redis_note, extra, sizes, elapsed, tls_note=None):
     mode = "smoke" if args.smoke else "full"
     print()
     print(f"## zayzoon vs nginx on loopback ({mode}: {args.pairs} A/B pairs x {args.duration} s per row, "
@@ -821,6 +870,8 @@ def report(args, rows, same, redis_note, extra, sizes, elapsed):
                   f"{fmt_x(r['cpu_us'])} | {fmt_x(r['hwm_kib'])} | |")
     if redis_note:
         print(f"| Redis store | zayzoon redis | {redis_note} | | | | | |")
+    if tls_note or not args.zayzoon_tls:
+        print(f"| Redis store over TLS | zayzoon TLS redis | {tls_note or 'n/a (no --zayzoon-tls binary)'} | | | | | |")
     print()
     print("Every round, in the order run (CPU/req in µs @ req/s):")
     print()
@@ -850,6 +901,10 @@ def report(args, rows, same, redis_note, extra, sizes, elapsed):
         "nginx": f"{sizes['nginx'] / 1024:.0f} KiB + libc, pcre2, ssl, zlib",
     }
     print("| binary size | " + " | ".join(sizes_text[label] for label in labels) + " |")
+    if sizes["zayzoon musl tls"]:
+        cells = {"zayzoon": "", "zayzoon musl": f"{sizes['zayzoon musl tls'] / 1024:.0f} KiB stripped", "nginx": ""}
+        print("| binary size with --features tls (the image's build) | "
+              + " | ".join(cells[label] for label in labels) + " |")
     instr = extra["instructions"]
     for kind in ("keep-alive", "close"):
         z, n = instr[("zayzoon", kind)], instr[("nginx", kind)]

@@ -14,9 +14,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use zayzoon::config::{Config, VARS, parse_cidr_list};
+use zayzoon::config::{Config, ConfigError, VARS, parse_cidr_list};
 use zayzoon::conn::{AfterFlush, Session};
 use zayzoon::http::{self, ChunkedDecoder, Fed, Framing, HttpError, Parse, Target, Version};
+use zayzoon::limit::remote::{RedisUrl, Secret, TLS, UrlError, redact_userinfo};
 use zayzoon::limit::{Cidr, ClientKey, Decision, Policy, Rate, Strategy};
 use zayzoon::limits::{MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_HEADERS, MAX_PENDING_OUTPUT};
 use zayzoon::limits::{MAX_LIMITS_PER_VAR, MAX_RATE_PERIOD_SECS};
@@ -864,24 +865,35 @@ fn check_split_target(s: &str) {
 /// the rate and CIDR parsers. A config error names a variable that was set, with the value it had,
 /// and prints on one line; an accepted config holds what the variables said, and its startup
 /// summary is one line with any Redis password replaced by `***`. A parsed rate or CIDR prints in
-/// a form that parses back to the same value.
+/// a form that parses back to the same value. The credentials (`REDIS_USERNAME`, `REDIS_PASSWORD`)
+/// never show: the same input with other credentials gives the same error, summary and `Debug`
+/// text. A `rediss://` URL is accepted exactly when the same `redis://` one is (in a TLS build;
+/// never without TLS) and is redacted the same way. `REDIS_CA_FILE` is left out: it names a
+/// file to read, not bytes to parse (its checks are `config`'s unit tests).
 pub fn config_env(data: &[u8]) {
     let mut env: Vec<(&str, String)> = Vec::new();
     for entry in data.split(|&b| b == 0) {
         let Some((&pick, value)) = entry.split_first() else { continue };
         let name = VARS[usize::from(pick) % VARS.len()].name;
         env.retain(|(n, _)| *n != name);
-        env.push((name, String::from_utf8_lossy(value).into_owned()));
+        if name != "REDIS_CA_FILE" {
+            env.push((name, String::from_utf8_lossy(value).into_owned()));
+        }
     }
     for (_, value) in &env {
         check_rate(value);
         check_cidrs(value);
+        check_rediss_twin(value);
     }
     let lookup = |name: &str| env.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
-    match Config::from_lookup(lookup) {
+    let result = Config::from_lookup(lookup);
+    check_credentials_unseen(&env, &result);
+    match result {
         Err(e) => {
             let raw = lookup(e.var).expect("the variable named was set");
-            if e.var == "REDIS_URL" {
+            if VARS.iter().any(|v| v.name == e.var && v.secret) {
+                assert_eq!(e.value, "***", "{e}");
+            } else if e.var == "REDIS_URL" {
                 // A REDIS_URL may hold a password, so its errors show it redacted: whatever came
                 // before the last '@' after "://" ends in `***`, and text with an '@' but no
                 // "://" is `***` whole.
@@ -910,11 +922,20 @@ pub fn config_env(data: &[u8]) {
             assert!(c.session.trusted_proxy_hops <= 32 && c.workers >= 1 && c.max_connections >= 1);
             let summary = c.summary();
             assert!(!summary.contains(char::is_control), "{summary:?}");
+            let secret = |name: &str| set(name).map(|v| Secret::new(v.trim()));
+            match &c.redis {
+                Some(r) => {
+                    assert_eq!((&r.username, &r.password), (&secret("REDIS_USERNAME"), &secret("REDIS_PASSWORD")));
+                    // Never `#insecure`, nor any fragment.
+                    assert!(!r.url.as_str().contains('#'), "{:?}", r.url);
+                }
+                None => assert!(secret("REDIS_USERNAME").is_none() && secret("REDIS_PASSWORD").is_none()),
+            }
             if let Some(url) = c.redis.as_ref().map(|r| &r.url) {
                 // Everything up to the last '@' may be userinfo (a password may hold '/', '?' or
                 // '@'), so the redaction hides everything from its first ':' to that '@'.
                 let shown = url.redacted();
-                if let Some((userinfo, _)) = shown["redis://".len()..].rsplit_once('@') {
+                if let Some((userinfo, _)) = shown.split_once("://").unwrap().1.rsplit_once('@') {
                     assert!(userinfo.ends_with("***"), "{shown}");
                     assert_eq!(userinfo.matches(':').count(), usize::from(userinfo != "***"), "{shown}");
                 }
@@ -922,6 +943,45 @@ pub fn config_env(data: &[u8]) {
             }
         }
     }
+}
+
+/// The same input with other credentials (non-blank, as the originals) gives the same error, or the
+/// same summary and `Debug` text: neither depends on what the credentials are.
+fn check_credentials_unseen(env: &[(&str, String)], result: &Result<Config, ConfigError>) {
+    let secrets = ["REDIS_USERNAME", "REDIS_PASSWORD"];
+    if !env.iter().any(|(n, v)| secrets.contains(n) && !v.trim().is_empty()) {
+        return;
+    }
+    let other = |name: &str| {
+        let (_, v) = env.iter().find(|(n, _)| *n == name)?;
+        Some(if secrets.contains(&name) && !v.trim().is_empty() { "other-credential".to_owned() } else { v.clone() })
+    };
+    match (result, Config::from_lookup(other)) {
+        (Err(a), Err(b)) => assert_eq!(a, &b, "an error depends on a credential"),
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.summary(), b.summary(), "the summary depends on a credential");
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "Debug depends on a credential");
+        }
+        (a, b) => panic!("other credentials changed the outcome: {a:?} / {b:?}"),
+    }
+}
+
+/// A `rediss://` URL is accepted exactly when the same `redis://` one is, in a TLS build (and in
+/// a build without TLS, never, saying so), and its redaction is the same after the scheme.
+fn check_rediss_twin(v: &str) {
+    let (plain, tls) = match (v.strip_prefix("redis://"), v.strip_prefix("rediss://")) {
+        (Some(rest), _) => (v.to_owned(), format!("rediss://{rest}")),
+        (None, Some(rest)) => (format!("redis://{rest}"), v.to_owned()),
+        (None, None) => return,
+    };
+    let (a, b) = (RedisUrl::parse(&plain), RedisUrl::parse(&tls));
+    if TLS {
+        assert_eq!(a.is_ok(), b.is_ok(), "{plain:?} {a:?} / {tls:?} {b:?}");
+    } else {
+        assert_eq!(b, Err(UrlError::NoTls), "{tls:?}");
+    }
+    let (a, b) = (redact_userinfo(&plain), redact_userinfo(&tls));
+    assert_eq!(a.strip_prefix("redis://"), b.strip_prefix("rediss://"), "{plain:?} / {tls:?}");
 }
 
 /// A list that parses prints in a form that parses back to the same list; each limit is in range;

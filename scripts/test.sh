@@ -14,7 +14,10 @@
 #   macOS            brew install redis (kill is there; prlimit and /proc are not, so the tests
 #                    that use them fail: the whole suite needs Linux, a VM or a container)
 #
-# Elsewhere, or without root or sudo, it says exactly what to install and stops.
+# Elsewhere, or without root or sudo, it says exactly what to install and stops. With
+# `--features tls` (`scripts/test.sh --features tls`: the Redis-over-TLS tests, against the binary
+# the image ships), the openssl command line is needed too: the tests make their CA and
+# certificates with it (Debian, Ubuntu, Fedora, Alpine, macOS: package openssl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +25,9 @@ say() { printf 'scripts/test.sh: %s\n' "$*" >&2; }
 
 needed=(redis-server redis-cli kill prlimit)
 if [ "$(uname -s)" = Darwin ]; then needed=(redis-server redis-cli); fi
+case " $* " in
+  *tls* | *--all-features*) needed+=(openssl) ;;
+esac
 missing=()
 for c in "${needed[@]}"; do
   # type -P: a file on PATH (bash's kill builtin is no use to the tests' Command::new("kill")).
@@ -54,13 +60,16 @@ install_missing() {
       say "install Homebrew (https://brew.sh), then run: brew install redis"
       exit 1
     fi
-    say "running: brew install redis"
-    brew install redis
+    pkgs=(redis)
+    if has openssl; then pkgs+=(openssl); fi
+    say "running: brew install ${pkgs[*]}"
+    brew install "${pkgs[@]}"
   elif command -v apt-get > /dev/null; then
     # redis-cli is in redis-tools, which redis-server depends on.
     if has redis-server || has redis-cli; then pkgs+=(redis-server); fi
     if has kill; then pkgs+=(procps); fi
     if has prlimit; then pkgs+=(util-linux); fi
+    if has openssl; then pkgs+=(openssl); fi
     as_root "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${pkgs[*]}"
   elif command -v dnf > /dev/null; then
     for c in "${missing[@]}"; do pkgs+=("/usr/bin/$c"); done
@@ -69,10 +78,12 @@ install_missing() {
     if has redis-server || has redis-cli; then pkgs+=(redis); fi
     if has kill; then pkgs+=(procps); fi
     if has prlimit; then pkgs+=(util-linux); fi
+    if has openssl; then pkgs+=(openssl); fi
     as_root "apk add --no-cache ${pkgs[*]}"
   else
     say "no apt-get, dnf, apk or brew here. Install these, then run scripts/test.sh again:"
     say "  redis-server and redis-cli (Redis 6 or newer, or Valkey), kill (procps or util-linux), prlimit (util-linux)"
+    if has openssl; then say "  and, for --features tls, the openssl command line"; fi
     exit 1
   fi
   for c in "${missing[@]}"; do

@@ -12,7 +12,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::limit::remote::{self, RedisUrl};
+use crate::limit::remote::{self, CaCerts, RedisUrl, Secret, UrlError};
 use crate::limit::{self, Cidr, Rate, Strategy};
 use crate::{conn, decimal, http, logger, metrics};
 
@@ -26,14 +26,20 @@ pub struct Var {
     /// What `--help` shows as the default when `default` is `None`.
     pub shown_default: &'static str,
     pub meaning: &'static str,
+    /// A credential: its value is never shown, not even in its own error (`***` instead).
+    pub secret: bool,
 }
 
 const fn var(name: &'static str, default: &'static str, meaning: &'static str) -> Var {
-    Var { name, default: Some(default), shown_default: default, meaning }
+    Var { name, default: Some(default), shown_default: default, meaning, secret: false }
 }
 
 const fn unset(name: &'static str, shown_default: &'static str, meaning: &'static str) -> Var {
-    Var { name, default: None, shown_default, meaning }
+    Var { name, default: None, shown_default, meaning, secret: false }
+}
+
+const fn secret(name: &'static str, meaning: &'static str) -> Var {
+    Var { name, default: None, shown_default: "unset", meaning, secret: true }
 }
 
 /// Every variable the server reads, in `--help`'s order. A read of a name not listed here panics
@@ -41,7 +47,14 @@ const fn unset(name: &'static str, shown_default: &'static str, meaning: &'stati
 pub const VARS: &[Var] = &[
     var("PORT", "8443", "TCP port; 0 picks a free one (the startup line names the address bound)"),
     var("BIND_ADDR", "0.0.0.0", "address to bind (:: for dual stack)"),
-    unset("REDIS_URL", "unset", "redis://[user:pass@]host[:port][/db] selects the Redis store; unset: in-memory"),
+    unset(
+        "REDIS_URL",
+        "unset",
+        "redis://[user:pass@]host[:port][/db] selects the Redis store (rediss:// for TLS); unset: in-memory",
+    ),
+    secret("REDIS_USERNAME", "Redis ACL user, in place of the URL's (never shown)"),
+    secret("REDIS_PASSWORD", "Redis password or AUTH token, in place of the URL's (never shown)"),
+    unset("REDIS_CA_FILE", "built-in roots", "PEM file of the CAs that rediss:// trusts instead of the built-in roots"),
     var("REDIS_CONNECT_RETRIES", "5", "connection attempts at startup before exiting 1"),
     var("REDIS_TIMEOUT_MS", "100", "longest a request waits for a Redis decision"),
     var("RATE_LIMIT_DEFAULT", "100/minute", "per-client limits on all requests: N/unit or N per M units, ; between"),
@@ -110,18 +123,11 @@ impl Config {
         let port = env.number("PORT", 0, u16::MAX.into(), "a TCP port, 0 to 65535")? as u16;
         let bind_addr: IpAddr =
             env.parse("BIND_ADDR", |v| v.parse().ok(), "an IPv4 or IPv6 address such as 0.0.0.0 or ::")?;
-        let redis_url = env.read("REDIS_URL", RedisUrl::parse, REDIS_URL_SYNTAX)?;
-        // Read whether or not Redis is used, so that a bad value is an error either way.
-        let connect_retries = env.number("REDIS_CONNECT_RETRIES", 1, 1000, "a number of attempts, 1 to 1000")? as u32;
-        let redis_timeout = env.number("REDIS_TIMEOUT_MS", 1, 60_000, "milliseconds, 1 to 60000")?;
+        let redis = redis_settings(&env)?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
         Ok(Config {
             listen: SocketAddr::new(bind_addr, port),
-            redis: redis_url.map(|url| remote::Settings {
-                url,
-                connect_retries,
-                timeout: Duration::from_millis(redis_timeout),
-            }),
+            redis,
             policy: limit::Settings {
                 default: env.parse("RATE_LIMIT_DEFAULT", Rate::parse_list, RATE_SYNTAX)?,
                 endpoint: env.parse("RATE_LIMIT_ENDPOINT", Rate::parse_list, RATE_SYNTAX)?,
@@ -156,16 +162,15 @@ impl Config {
     pub fn summary(&self) -> String {
         let p = &self.policy;
         let exempt: Vec<String> = p.exempt.iter().map(ToString::to_string).collect();
-        let (retries, timeout) = self.redis.as_ref().map_or((0, 0), |r| (r.connect_retries, r.timeout.as_millis()));
         format!(
-            "workers={} max_connections={} store={} redis_connect_retries={retries} redis_timeout_ms={timeout} \
+            "workers={} max_connections={} store={} \
              rate_limit_enabled={} rate_limit_strategy={} rate_limit_default=\"{}\" rate_limit_endpoint=\"{}\" \
              rate_limit_exempt=\"{}\" \
              trusted_proxy_hops={} public_host={} keepalive_timeout_s={} header_timeout_s={} \
              shutdown_grace_s={} log_level={} access_log={} log_format={} metrics={}",
             self.workers,
             self.max_connections,
-            self.redis.as_ref().map_or_else(|| "memory".to_owned(), |r| r.url.redacted()),
+            self.redis.as_ref().map_or_else(|| "memory".to_owned(), remote::Settings::describe),
             p.enabled,
             p.strategy.name(),
             Rate::list(&p.default),
@@ -192,6 +197,48 @@ impl Config {
     }
 }
 
+/// The `REDIS_*` variables: the Redis store's settings, or `None` for the in-memory store. Every
+/// variable is read whether or not Redis is used, so that a bad value is an error either way; and
+/// one that would have no effect is an error too (a password with no `REDIS_URL` to send it to,
+/// a CA file for a URL without TLS, a user without a password), rather than silently ignored.
+fn redis_settings(env: &Env<'_>) -> Result<Option<remote::Settings>, ConfigError> {
+    let url = env.explained("REDIS_URL", |v| {
+        RedisUrl::parse(v).map_err(|e| match e {
+            UrlError::Invalid => REDIS_URL_SYNTAX.to_owned(),
+            UrlError::NoTls => format!("a redis:// URL, since {}", remote::NO_TLS),
+        })
+    })?;
+    let username = env.read("REDIS_USERNAME", |v| Some(Secret::new(v)), "")?;
+    let password = env.read("REDIS_PASSWORD", |v| Some(Secret::new(v)), "")?;
+    let ca = env.explained("REDIS_CA_FILE", CaCerts::read_file)?;
+    let connect_retries = env.number("REDIS_CONNECT_RETRIES", 1, 1000, "a number of attempts, 1 to 1000")? as u32;
+    let timeout = Duration::from_millis(env.number("REDIS_TIMEOUT_MS", 1, 60_000, "milliseconds, 1 to 60000")?);
+    let unused =
+        |name| Env::error(name, &env.raw(name), "no value while REDIS_URL is unset (it is for the Redis store)");
+    let Some(url) = url else {
+        for (name, set) in [("REDIS_USERNAME", username.is_some()), ("REDIS_PASSWORD", password.is_some())] {
+            if set {
+                return Err(unused(name));
+            }
+        }
+        return match ca {
+            Some(_) => Err(unused("REDIS_CA_FILE")),
+            None => Ok(None),
+        };
+    };
+    if ca.is_some() && !url.is_tls() {
+        let expected = "no value while REDIS_URL is redis:// (a CA file is for rediss://, which checks certificates)";
+        return Err(Env::error("REDIS_CA_FILE", &env.raw("REDIS_CA_FILE"), expected));
+    }
+    // The redis crate sends no AUTH without a password, so a user alone would be silently unused.
+    let (_, password_in_url) = url.userinfo();
+    if username.is_some() && password.is_none() && !password_in_url {
+        let expected = "a user only with a password (REDIS_PASSWORD, or one in REDIS_URL)";
+        return Err(Env::error("REDIS_USERNAME", &env.raw("REDIS_USERNAME"), expected));
+    }
+    Ok(Some(remote::Settings { url, username, password, ca, connect_retries, timeout }))
+}
+
 /// `VARS` as `--help` prints it: one line per variable, its default, and its meaning.
 pub fn help_table() -> String {
     let width = VARS.iter().map(|v| v.name.len()).max().unwrap_or(0);
@@ -206,8 +253,11 @@ pub fn help_table() -> String {
 const RATE_SYNTAX: &str = "limits separated by ; or , each N/unit, N per unit, N/M units or N per M units \
      (unit second, minute, hour or day), N from 1 to 1000000000, a period of at most 365 days, at most 8 limits";
 const CIDR_SYNTAX: &str = "comma-separated CIDRs such as 10.0.0.0/16,::1 (no host bits set)";
-const REDIS_URL_SYNTAX: &str =
-    "a URL redis://[user:pass@]host[:port][/db], with any #, /, ? or @ in the password percent-encoded";
+const REDIS_URL_SYNTAX: &str = if remote::TLS {
+    "a URL redis://[user:pass@]host[:port][/db] or rediss://..., with any #, /, ? or @ in the password percent-encoded"
+} else {
+    "a URL redis://[user:pass@]host[:port][/db], with any #, /, ? or @ in the password percent-encoded"
+};
 
 /// The environment, read through `VARS`.
 struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
@@ -220,9 +270,32 @@ impl Env<'_> {
     }
 
     fn error(name: &'static str, value: &str, expected: &str) -> ConfigError {
-        // A REDIS_URL may hold a password: never echo it, not even in an error.
-        let value = if name == "REDIS_URL" { remote::redact_userinfo(value) } else { value.to_owned() };
+        // A REDIS_URL may hold a password: never echo it, not even in an error; nor a credential.
+        let secret = VARS.iter().any(|v| v.name == name && v.secret);
+        let value = match name {
+            _ if secret => "***".to_owned(),
+            "REDIS_URL" => remote::redact_userinfo(value),
+            _ => value.to_owned(),
+        };
         ConfigError { var: name, value, expected: expected.to_owned() }
+    }
+
+    /// The variable's value as set (blank when unset), for errors about it.
+    fn raw(&self, name: &'static str) -> String {
+        self.get(name).1.unwrap_or_default()
+    }
+
+    /// Like `read`, with a parser whose error says what was wrong (completing "expected ...").
+    fn explained<T>(
+        &self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        let (var, value) = self.get(name);
+        match value.as_deref().or(var.default) {
+            Some(v) => parse(v.trim()).map(Some).map_err(|expected| Env::error(name, v, &expected)),
+            None => Ok(None),
+        }
     }
 
     /// The value, or the table's default when unset; `None` only when unset and the table has
@@ -425,7 +498,6 @@ mod tests {
         assert_eq!(c.redis.unwrap().url.redacted(), "redis://***@localhost");
         let c = load(&[("REDIS_URL", "redis://localhost:6379")]).unwrap();
         assert_eq!(c.redis.unwrap().url.redacted(), "redis://localhost:6379");
-        rejects("REDIS_URL", "rediss://cache:6379");
         rejects("REDIS_URL", "http://cache");
         rejects("REDIS_URL", "cache:6379");
         rejects("REDIS_URL", "redis://");
@@ -441,7 +513,7 @@ mod tests {
     fn redis_url_errors_do_not_show_the_password() {
         for (bad, shown) in [
             ("redis://u:pa/ss@cache:6379", "redis://u:***@cache:6379"),
-            ("rediss://:hunter2@cache", "rediss://:***@cache"),
+            ("rediss://:hunter2@cache:port", "rediss://:***@cache:port"),
             ("redis://u:p@ss@cache:port", "redis://u:***@cache:port"),
             ("cache:6379@secret", "***"),
         ] {
@@ -449,6 +521,128 @@ mod tests {
             assert_eq!(err.value, shown);
             assert!(!err.to_string().contains("pa/ss") && !err.to_string().contains("hunter2"));
         }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn rediss_urls_in_a_tls_build() {
+        let c = load(&[("REDIS_URL", "rediss://u:s3cret@cache.example.com:6380/2")]).unwrap();
+        let redis = c.redis.unwrap();
+        assert!(redis.url.is_tls());
+        assert_eq!(redis.url.redacted(), "rediss://u:***@cache.example.com:6380/2");
+        assert!(load(&[("REDIS_URL", "rediss://10.0.0.7")]).unwrap().redis.unwrap().url.is_tls());
+        assert!(!load(&[("REDIS_URL", "redis://cache")]).unwrap().redis.unwrap().url.is_tls());
+        // The redis crate would read `#insecure` as "check no certificate": never.
+        let e = rejects("REDIS_URL", "rediss://cache#insecure");
+        assert!(e.expected.contains("rediss://"), "{e}");
+        rejects("REDIS_URL", "rediss://");
+        rejects("REDIS_URL", "rediss://cache:port");
+        rejects("REDIS_URL", "redisss://cache");
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn rediss_urls_without_tls_say_the_build_lacks_it() {
+        let e = rejects("REDIS_URL", "rediss://cache:6379");
+        assert!(e.to_string().contains("this build lacks TLS"), "{e}");
+        let e = load(&[("REDIS_URL", "rediss://:hunter2@cache")]).unwrap_err();
+        assert!(e.to_string().contains("lacks TLS") && !e.to_string().contains("hunter2"), "{e}");
+        let e = rejects("REDIS_URL", "http://cache");
+        assert!(!e.to_string().contains("TLS"), "only rediss:// is about TLS: {e}");
+    }
+
+    /// Each of REDIS_USERNAME and REDIS_PASSWORD, when set, takes the place of its part of the
+    /// URL's userinfo; neither is ever shown (summary, errors, `Debug`).
+    #[test]
+    fn credentials_take_the_place_of_the_urls() {
+        let c = load(&[("REDIS_URL", "redis://alice:urlpw@cache"), ("REDIS_PASSWORD", " envpw\n")]).unwrap();
+        let redis = c.redis.as_ref().unwrap();
+        assert_eq!(redis.password, Some(Secret::new("envpw")), "trimmed, as every value is");
+        assert_eq!(redis.username, None, "the URL's user stays");
+        let shown = format!("{} {c:?}", c.summary());
+        assert!(shown.contains("redis_username=REDIS_URL redis_password=REDIS_PASSWORD "), "{shown}");
+        assert!(!shown.contains("envpw") && !shown.contains("urlpw"), "{shown}");
+
+        let c = load(&[("REDIS_URL", "rediss://cache"), ("REDIS_USERNAME", "bob"), ("REDIS_PASSWORD", "pw")]);
+        if cfg!(feature = "tls") {
+            let c = c.unwrap();
+            let redis = c.redis.as_ref().unwrap();
+            assert_eq!((&redis.username, &redis.password), (&Some(Secret::new("bob")), &Some(Secret::new("pw"))));
+            let summary = c.summary();
+            assert!(summary.contains("store=rediss://cache redis_username=REDIS_USERNAME redis_password=REDIS_PASSWORD redis_ca=built-in "), "{summary}");
+        }
+        let c = load(&[("REDIS_URL", "redis://cache")]).unwrap();
+        assert!(c.summary().contains("store=redis://cache redis_username=none redis_password=none "));
+        // A user with the URL's password is fine; a user with no password anywhere is not.
+        load(&[("REDIS_URL", "redis://:urlpw@cache"), ("REDIS_USERNAME", "bob")]).unwrap();
+        let e = load(&[("REDIS_URL", "redis://cache"), ("REDIS_USERNAME", "bob")]).unwrap_err();
+        assert_eq!((e.var, e.value.as_str()), ("REDIS_USERNAME", "***"));
+        assert!(e.to_string().contains("only with a password") && !e.to_string().contains("bob"), "{e}");
+        // A URL's lone `user@` is a user without a password too (the redis crate reads it so).
+        let c = load(&[("REDIS_URL", "redis://alice@cache")]).unwrap();
+        assert!(c.summary().contains("redis_username=REDIS_URL redis_password=none"), "{}", c.summary());
+    }
+
+    #[test]
+    fn credentials_without_a_redis_url_are_an_error() {
+        for var in ["REDIS_USERNAME", "REDIS_PASSWORD"] {
+            let e = load(&[(var, "hunter2")]).unwrap_err();
+            assert_eq!((e.var, e.value.as_str()), (var, "***"));
+            assert!(e.to_string().contains("REDIS_URL is unset") && !e.to_string().contains("hunter2"), "{e}");
+        }
+        assert!(load(&[("REDIS_PASSWORD", "  ")]).unwrap().redis.is_none(), "blank is unset");
+    }
+
+    /// A file in the temporary directory, removed on drop.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, contents: &[u8]) -> TempFile {
+            let path = std::env::temp_dir().join(format!("zayzoon-{}-{name}", std::process::id()));
+            std::fs::write(&path, contents).unwrap();
+            TempFile(path)
+        }
+
+        fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// REDIS_CA_FILE is read with the configuration: unreadable, or with no certificate, is a
+    /// config error (a good file is in tests/integration/redis_tls.rs, which makes one).
+    #[test]
+    fn ca_file_errors() {
+        let url = if cfg!(feature = "tls") { "rediss://cache" } else { "redis://cache" };
+        let missing = std::env::temp_dir().join("zayzoon-no-such-ca.pem");
+        let e = load(&[("REDIS_URL", url), ("REDIS_CA_FILE", missing.to_str().unwrap())]).unwrap_err();
+        assert_eq!(e.var, "REDIS_CA_FILE");
+        if !cfg!(feature = "tls") {
+            assert!(e.to_string().contains("lacks TLS"), "{e}");
+            return;
+        }
+        assert!(e.to_string().contains("readable") && e.to_string().contains("No such file"), "{e}");
+        let dir = std::env::temp_dir();
+        let e = load(&[("REDIS_URL", url), ("REDIS_CA_FILE", dir.to_str().unwrap())]).unwrap_err();
+        assert!(e.to_string().contains("readable"), "a directory: {e}");
+        let no_cert = [
+            &b""[..],
+            b"not PEM at all",
+            b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIB8q6X0s0mWm7p7JmJxgGpK4Q9Vw1b1r5f8z1k3m0a0s\n-----END PRIVATE KEY-----\n",
+        ];
+        for (i, contents) in no_cert.into_iter().enumerate() {
+            let file = TempFile::new(&format!("ca-{i}.pem"), contents);
+            let e = load(&[("REDIS_URL", url), ("REDIS_CA_FILE", file.path())]).unwrap_err();
+            assert!(e.to_string().contains("no certificate"), "{e}");
+        }
+        let garbage = TempFile::new("garbage.pem", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+        let e = load(&[("REDIS_URL", url), ("REDIS_CA_FILE", garbage.path())]).unwrap_err();
+        assert!(e.to_string().ends_with("(a certificate in it is not a usable CA certificate: BadEncoding)"), "{e}");
     }
 
     #[test]
@@ -547,7 +741,7 @@ mod tests {
         let c = load(&[("REDIS_URL", "redis://u:hunter2@cache:6379")]).unwrap();
         let s = c.summary();
         assert!(!s.contains("hunter2"), "{s}");
-        assert!(s.contains("store=redis://u:***@cache:6379"), "{s}");
+        assert!(s.contains("store=redis://u:***@cache:6379 redis_username=REDIS_URL redis_password=REDIS_URL "), "{s}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::process::ExitCode;
 
+use zayzoon::limit::remote;
 use zayzoon::{config, healthcheck, logger, server};
 
 const USAGE: &str = "\
@@ -25,7 +26,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         ["--version" | "-V"] => {
-            println!("zayzoon {}", env!("CARGO_PKG_VERSION"));
+            // Whether `rediss://` works is a property of the build (SPEC §1): say it.
+            let tls = if remote::TLS { "tls" } else { "no tls" };
+            println!("zayzoon {} ({tls})", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         _ => {
@@ -36,6 +39,13 @@ fn main() -> ExitCode {
 }
 
 fn serve() -> ExitCode {
+    // rustls needs one process-wide crypto provider, and the redis crate chooses none. rustls
+    // would take ring by itself only while ring is the one provider compiled in (a dependency
+    // that turned on aws-lc-rs too would make every connection panic), so it is chosen here, once,
+    // before anything connects. Why ring: the `tls` feature in Cargo.toml. Installing fails only
+    // when a provider is installed already, which nothing before this line does.
+    #[cfg(feature = "tls")]
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = match config::Config::from_env() {
         Ok(c) => c,
         Err(e) => {

@@ -10,5 +10,6 @@ mod limits;
 mod observability;
 mod redirects;
 mod redis_store;
+mod redis_tls;
 mod routes;
 mod timeouts;

@@ -1,21 +1,62 @@
-//! A real `redis-server` for tests, on a free port, with no persistence. Stopped on drop.
+//! A real `redis-server` for tests, on a free port, with no persistence. Stopped on drop. Also
+//! over TLS only (Debian's redis-server speaks it), with certificates the `openssl` command line
+//! makes for each test (`Certs`).
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     args: Vec<String>,
+    /// What redis-cli needs besides the port: TLS and a password, for a TLS server.
+    cli_args: Vec<String>,
+    tls: bool,
 }
 
 impl RedisServer {
     /// Starts `redis-server` on a free port with `extra` arguments (e.g. `--requirepass x`).
     pub fn start(extra: &[&str]) -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = RedisServer { child: None, port, args: extra.iter().map(|s| s.to_string()).collect() };
+        let args = extra.iter().map(|s| s.to_string()).collect();
+        let mut server = RedisServer { child: None, port, args, cli_args: Vec::new(), tls: false };
+        server.restart();
+        server
+    }
+
+    /// Starts `redis-server` speaking TLS only (`--port 0`: no plain port at all) on a free port,
+    /// with `certs`' server certificate, requiring `password`. Clients show no certificate.
+    pub fn start_tls(certs: &Certs, password: &str) -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (cert, key, ca) = (certs.path("server.pem"), certs.path("server.key"), certs.path("ca.pem"));
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            password,
+        ];
+        let cli_args = ["--tls", "--cacert", &ca, "-a", password];
+        let mut server = RedisServer {
+            child: None,
+            port,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            cli_args: cli_args.iter().map(|s| s.to_string()).collect(),
+            tls: true,
+        };
         server.restart();
         server
     }
@@ -42,6 +83,10 @@ impl RedisServer {
     }
 
     fn answers_ping(&self) -> bool {
+        if self.tls {
+            let out = self.cli(&["PING"]);
+            return out == "PONG" || out.starts_with("NOAUTH");
+        }
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
         s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         if s.write_all(b"PING\r\n").is_err() {
@@ -61,14 +106,16 @@ impl RedisServer {
         }
     }
 
+    /// `redis://127.0.0.1:PORT`, or `rediss://...` for a TLS server (its certificate is for 127.0.0.1).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", if self.tls { "rediss" } else { "redis" }, self.port)
     }
 
     /// Runs a command with redis-cli and returns its raw output, trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .args(["-p", &self.port.to_string(), "--no-auth-warning"])
+            .args(&self.cli_args)
             .args(args)
             .output()
             .expect("redis-cli (Debian: apt-get install redis-tools)");
@@ -112,5 +159,61 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A certificate authority of its own and a server certificate it signed, made with the `openssl`
+/// command line in a temporary directory (removed on drop): `ca.pem`, `server.pem`, `server.key`.
+pub struct Certs {
+    dir: PathBuf,
+}
+
+impl Certs {
+    /// A new CA with a name of its own, and a server certificate it signed for `names` (an openssl
+    /// subjectAltName list, such as `IP:127.0.0.1` or `DNS:cache.example`).
+    pub fn new(names: &str) -> Certs {
+        Certs::with_ca_name(names, &format!("zayzoon test CA {}", Certs::next()))
+    }
+
+    /// Like `new`, with the CA's name (its subject) given: two CAs of one name are two keys that a
+    /// client tells apart by the signature alone.
+    pub fn with_ca_name(names: &str, ca_name: &str) -> Certs {
+        let dir = std::env::temp_dir().join(format!("zayzoon-certs-{}-{}", std::process::id(), Certs::next()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let certs = Certs { dir };
+        std::fs::write(certs.dir.join("ext.cnf"), format!("subjectAltName={names}\n")).unwrap();
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2";
+        certs.openssl(&format!("req -x509 {ec} -keyout ca.key -out ca.pem"), &["-subj", &format!("/CN={ca_name}")]);
+        certs.openssl(&format!("req {ec} -keyout server.key -out server.csr"), &["-subj", "/CN=zayzoon test Redis"]);
+        let sign = "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2";
+        certs.openssl(sign, &["-extfile", "ext.cnf"]);
+        certs
+    }
+
+    fn next() -> usize {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The full path of one of the files.
+    pub fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_str().unwrap().to_owned()
+    }
+
+    /// Runs openssl in the directory: `words` split at spaces, then `more` as they are.
+    fn openssl(&self, words: &str, more: &[&str]) {
+        let out = Command::new("openssl")
+            .current_dir(&self.dir)
+            .args(words.split(' '))
+            .args(more)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl ({e}): install it (Debian: apt-get install openssl)"));
+        assert!(out.status.success(), "openssl {words}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
