@@ -712,6 +712,13 @@ def run(args, work, started):
     for path in (zz_log, ngx_log):
         if os.path.exists(path):
             os.remove(path)
+    # Issue 11: what counting costs. A line a second (production: one a minute), so that the
+    # metrics thread's own work shows too.
+    rows.append(run_row(
+        "metrics (EMF) on",
+        [("zayzoon, METRICS=emf", zz(METRICS="emf", METRICS_INTERVAL_S=1)), ("zayzoon, metrics off", zz())],
+        args,
+    ))
 
     redis = Redis(work).start()
     redis_row = None
@@ -803,6 +810,10 @@ def run(args, work, started):
         # SIGTERM (fast shutdown): under valgrind, nginx sometimes never finished a graceful one.
         instr[("nginx", kind)] = callgrind_per_request(argv, dict(os.environ), cfg.port, args.cg_seconds, close,
                                                        signal.SIGTERM, work)
+    port = free_port()
+    env = dict(Zayzoon(zz_bin, work).env, PORT=str(port), METRICS="emf", METRICS_INTERVAL_S="1")
+    instr[("zayzoon, METRICS=emf", "keep-alive")] = callgrind_per_request([zz_bin], env, port, args.cg_seconds,
+                                                                         False, signal.SIGTERM, work)
     extra["instructions"] = instr
 
     sizes = {"zayzoon musl": os.path.getsize(args.musl) if args.musl else None,
@@ -901,6 +912,9 @@ def report(args, rows, same, redis_note, extra, sizes, elapsed, tls_note=None):
         what = "Connection: close" if kind == "close" else kind
         print(f"| user-space instructions per {what} request (callgrind) | "
               + " | ".join(cells[label] for label in labels) + " |")
+    z, m = instr[("zayzoon", "keep-alive")], instr[("zayzoon, METRICS=emf", "keep-alive")]
+    print(f"| user-space instructions per keep-alive request, METRICS=emf (callgrind) | "
+          + " | ".join({"zayzoon": f"{m:,.0f} ({m / z:.3f}× metrics off)"}.get(label, "") for label in labels) + " |")
     print()
     print("Responses compared before measuring (Date, RateLimit-Remaining/-Reset values normalized):")
     for line in same:
@@ -938,6 +952,10 @@ def report(args, rows, same, redis_note, extra, sizes, elapsed, tls_note=None):
         target("flood: CPU per 429 ≤ CPU per in-memory 200", fmt_x(r["cpu_us"]), r["cpu_us"] <= 1.0)
     else:
         target("Redis store targets", redis_note, False)
+    meds, ratios = summaries["metrics (EMF) on"]
+    r = ratios["zayzoon, metrics off"]
+    print(f"| METRICS=emf: CPU/req against metrics off (issue 11; no target) | {fmt_x(r['cpu_us'])} "
+          f"({meds['zayzoon, METRICS=emf']['cpu_us']:.2f} vs {meds['zayzoon, metrics off']['cpu_us']:.2f} µs) | |")
     hwm = summaries["keep-alive"][0]["zayzoon"]["hwm_kib"]
     shipped = "zayzoon musl" if "zayzoon musl" in extra else "zayzoon"
     z, g = extra[shipped], extra["zayzoon"]

@@ -21,11 +21,16 @@ use zayzoon::limit::remote::{RedisUrl, Secret, TLS, UrlError, redact_userinfo};
 use zayzoon::limit::{Cidr, ClientKey, Decision, Policy, Rate, Strategy};
 use zayzoon::limits::{MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_HEADERS, MAX_PENDING_OUTPUT};
 use zayzoon::limits::{MAX_LIMITS_PER_VAR, MAX_RATE_PERIOD_SECS};
+use zayzoon::metrics::Counts;
 use zayzoon::proxy::{self, Scheme};
 
 /// The session harness of `conn`'s unit tests: the same worker's-eye view of a session.
 #[path = "../src/conn/tests/harness.rs"]
 mod harness;
+
+/// The strict JSON reader of the integration tests: the judge of "valid JSON" for the logs.
+#[path = "../tests/support/json.rs"]
+mod json;
 
 // ---------------------------------------------------------------------------------------------
 // http_head: `http::parse_head`.
@@ -99,6 +104,9 @@ fn check_head(data: &[u8], h: &HeadInfo) {
     check_fields(h);
     check_escaped(&h.method);
     check_escaped(&h.target);
+    for (_, value) in &h.headers {
+        check_escaped(value); // a User-Agent or X-Amzn-Trace-Id goes to the access log
+    }
     let canonical = write_back(h);
     match parse(&canonical) {
         Outcome::Complete(again) => {
@@ -165,8 +173,12 @@ fn check_fields(h: &HeadInfo) {
 }
 
 /// What the access log prints of a client's text (`logger::Escaped`) is one printable-ASCII word
-/// with no `"` (which delimits it in the line), and decodes back to exactly the text.
-fn check_escaped(text: &str) {
+/// with no `"` (which delimits it in the line), and decodes back to exactly the text. In the JSON
+/// format (`logger::JsonEscaped`, SPEC §6) it is printable ASCII that, in quotes, is one valid JSON
+/// string (by the tests' strict reader), whose characters are each U+0000 to U+00FF and are exactly
+/// the bytes; its only escapes are `\"`, `\\` and `\u00XX`.
+fn check_escaped(text: impl AsRef<[u8]>) {
+    let text = text.as_ref();
     let shown = zayzoon::logger::Escaped(text).to_string();
     assert!(shown.bytes().all(|b| b.is_ascii_graphic() && b != b'"'), "{shown:?}");
     let mut back = Vec::new();
@@ -182,7 +194,24 @@ fn check_escaped(text: &str) {
             rest = tail;
         }
     }
-    assert_eq!(back, text.as_bytes(), "{shown:?}");
+    assert_eq!(back, text, "{shown:?}");
+
+    let shown = zayzoon::logger::JsonEscaped(text).to_string();
+    assert!(shown.bytes().all(|b| (b' '..=b'~').contains(&b)), "{shown:?}");
+    let mut rest = shown.as_bytes();
+    while let Some(at) = rest.iter().position(|&b| b == b'\\') {
+        let escape = &rest[at + 1..];
+        let len = match escape {
+            [b'"' | b'\\', ..] => 1,
+            [b'u', b'0', b'0', h, l, ..] if [h, l].iter().all(|b| b.is_ascii_hexdigit()) => 5,
+            _ => panic!("escape {:?} in {shown:?}", String::from_utf8_lossy(escape)),
+        };
+        rest = &escape[len..];
+    }
+    match json::parse(&format!("\"{shown}\"")) {
+        Ok(json::Json::String(s)) => assert_eq!(json::latin1_bytes(&s).as_deref(), Some(text), "{shown:?}"),
+        other => panic!("{shown:?} in quotes is {other:?}"),
+    }
 }
 
 /// The request in canonical form: single spaces, `name: value`, CRLF line ends.
@@ -490,6 +519,7 @@ fn world(flags: u8) -> zayzoon::conn::Ctx {
     };
     let mut ctx = harness::ctx(settings, limits, 64);
     ctx.draining = flags & 32 != 0;
+    ctx.metrics = Some(Counts::default());
     ctx
 }
 
@@ -580,7 +610,19 @@ fn converse(flags: u8, input: &[u8], cuts: &[usize], slow: Option<(usize, u64)>)
         s.on_tick(&mut w);
     }
     assert!(s.pending_output().is_empty() || s.is_closed(), "the loop ended with output left");
+    check_counted(&w, &out, s.pending_output());
     out
+}
+
+/// Every response queued, written or not, is counted once for the metrics (SPEC §6: `Requests`,
+/// parser errors included), in its class.
+fn check_counted(w: &zayzoon::conn::Ctx, written: &[u8], pending: &[u8]) {
+    let statuses = harness::statuses(&[written, pending].concat());
+    let counts = w.metrics.as_ref().expect("counting");
+    assert_eq!(counts.requests, statuses.len() as u64, "{statuses:?}");
+    let class = |c: u16| statuses.iter().filter(|&&s| s / 100 == c).count() as u64;
+    assert_eq!(counts.classes, [class(2), class(3), class(4), class(5)], "{statuses:?}");
+    assert_eq!(counts.rate_limited, statuses.iter().filter(|&&s| s == 429).count() as u64);
 }
 
 /// The headers SPEC §2 puts on every response.

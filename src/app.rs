@@ -6,13 +6,14 @@
 
 use crate::http::{self, Head, Target, Version};
 use crate::limit::Decision;
+use crate::limits::{MAX_LOGGED_TRACE_ID, MAX_LOGGED_USER_AGENT};
 use crate::proxy::{Forwarded, Scheme};
 use crate::response::{Body, RateHeaders, Response};
 use crate::route::Page;
 
 /// What we keep of a request once its head is parsed: owned, so that it can wait for a limiter
 /// decision while the input buffer moves on. Its text lives in one `String` that a connection
-/// hands from one request to the next (`Request::new`, `into_text`): no allocation per request.
+/// hands from one request to the next (`Request::new`, `into_buffers`): no allocation per request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     /// The method, the target as sent, then the host, one after the other.
@@ -27,6 +28,13 @@ pub struct Request {
     pub version: Version,
     pub keep_alive: bool,
     pub forwarded: Forwarded,
+    /// For the access log only (SPEC §6), kept only while it is on (`keep_logged_fields`): the
+    /// `User-Agent`, then the `X-Amzn-Trace-Id`, as sent (a header value need not be UTF-8, so
+    /// not in `text`), each cut to its limit. A second buffer handed along like `text`.
+    logged: Vec<u8>,
+    /// Where the user agent ends in `logged`, if one was sent.
+    user_agent_end: Option<usize>,
+    has_trace_id: bool,
 }
 
 impl Request {
@@ -48,12 +56,41 @@ impl Request {
             version: head.version,
             keep_alive: head.keep_alive,
             forwarded,
+            logged: Vec::new(),
+            user_agent_end: None,
+            has_trace_id: false,
         }
     }
 
-    /// Gives back the text buffer, for the connection's next request.
-    pub fn into_text(self) -> String {
-        self.text
+    /// Keeps the first `User-Agent` and `X-Amzn-Trace-Id` of `head` for the access record, in
+    /// `buf` (cleared first).
+    pub fn keep_logged_fields(&mut self, mut buf: Vec<u8>, head: &Head<'_, '_>) {
+        let field = |name: &str| head.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+        buf.clear();
+        if let Some(agent) = field("user-agent") {
+            buf.extend_from_slice(&agent[..agent.len().min(MAX_LOGGED_USER_AGENT)]);
+            self.user_agent_end = Some(buf.len());
+        }
+        if let Some(trace) = field("x-amzn-trace-id") {
+            buf.extend_from_slice(&trace[..trace.len().min(MAX_LOGGED_TRACE_ID)]);
+            self.has_trace_id = true;
+        }
+        self.logged = buf;
+    }
+
+    /// Gives back the buffers, for the connection's next request.
+    pub fn into_buffers(self) -> (String, Vec<u8>) {
+        (self.text, self.logged)
+    }
+
+    /// The `User-Agent` as sent, at most `MAX_LOGGED_USER_AGENT` bytes, if kept.
+    pub fn user_agent(&self) -> Option<&[u8]> {
+        self.user_agent_end.map(|end| &self.logged[..end])
+    }
+
+    /// The `X-Amzn-Trace-Id` as sent, at most `MAX_LOGGED_TRACE_ID` bytes, if kept.
+    pub fn trace_id(&self) -> Option<&[u8]> {
+        self.has_trace_id.then(|| &self.logged[self.user_agent_end.unwrap_or(0)..])
     }
 
     pub fn method(&self) -> &str {
@@ -190,11 +227,51 @@ mod tests {
         }
         assert_eq!(req_to("GET", "/x", None, None).host(), None);
         // The buffer is reused: a longer request and then a shorter one in the same String.
-        let long = req_to("OPTIONS", "/a/very/long/target?with=query", None, Some("h")).into_text();
+        let long = req_to("OPTIONS", "/a/very/long/target?with=query", None, Some("h")).into_buffers().0;
         let capacity = long.capacity();
         let short = request(long, "GET", "/", None, Some("h"));
         assert_eq!((short.method(), short.target().raw, short.host()), ("GET", "/", Some("h")));
-        assert_eq!(short.into_text().capacity(), capacity);
+        assert_eq!(short.into_buffers().0.capacity(), capacity);
+    }
+
+    /// `raw`'s request with its logged fields kept in `buf`.
+    fn logged(raw: &[u8], buf: Vec<u8>) -> Request {
+        let mut headers = http::empty_headers();
+        let Ok(http::Parse::Complete(head)) = http::parse_head(raw, &mut headers) else { panic!("{raw:?}") };
+        let forwarded = Forwarded { client: "203.0.113.9".parse().unwrap(), scheme: None };
+        let mut req = Request::new(String::new(), &head, forwarded);
+        req.keep_logged_fields(buf, &head);
+        req
+    }
+
+    #[test]
+    fn logged_fields_are_the_first_of_each_as_sent_and_cut_to_their_limits() {
+        let r = logged(b"GET / HTTP/1.1\r\nHost: a\r\nuser-AGENT: a\xff\"b\tc\r\nUser-Agent: second\r\n\r\n", vec![]);
+        assert_eq!(r.user_agent(), Some(&b"a\xff\"b\tc"[..]));
+        assert_eq!(r.trace_id(), None);
+        let r = logged(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Amzn-Trace-Id: Root=1-67891233-abcdef012345678912345678\r\n\r\n",
+            vec![],
+        );
+        assert_eq!((r.user_agent(), r.trace_id()), (None, Some(&b"Root=1-67891233-abcdef012345678912345678"[..])));
+        let r = logged(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"left over".to_vec());
+        assert_eq!((r.user_agent(), r.trace_id()), (None, None));
+        // At the limits and one past them.
+        for (agent, trace, kept) in [(256, 128, (256, 128)), (257, 129, (256, 128)), (0, 0, (0, 0))] {
+            let raw = format!(
+                "GET / HTTP/1.1\r\nHost: a\r\nX-Amzn-Trace-Id: {}\r\nUser-Agent: {}\r\n\r\n",
+                "t".repeat(trace),
+                "u".repeat(agent)
+            );
+            let r = logged(raw.as_bytes(), vec![]);
+            assert_eq!((r.user_agent().unwrap().len(), r.trace_id().unwrap().len()), kept, "{agent} {trace}");
+            assert!(r.user_agent().unwrap().iter().all(|&b| b == b'u'));
+            assert!(r.trace_id().unwrap().iter().all(|&b| b == b't'));
+        }
+        // The buffer is handed back for the next request.
+        let (_, buf) =
+            logged(b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: x\r\n\r\n", Vec::with_capacity(300)).into_buffers();
+        assert_eq!(buf.capacity(), 300);
     }
 
     fn get(target: &str) -> Response {

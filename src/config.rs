@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::limit::remote::{self, CaCerts, RedisUrl, Secret, UrlError};
 use crate::limit::{self, Cidr, Rate, Strategy};
-use crate::{conn, decimal, http, logger};
+use crate::{conn, decimal, http, logger, metrics};
 
 /// One environment variable the server reads.
 #[derive(Debug)]
@@ -71,6 +71,11 @@ pub const VARS: &[Var] = &[
     var("SHUTDOWN_GRACE_S", "20", "drain time after SIGTERM/SIGINT"),
     var("LOG_LEVEL", "info", "error, warn, info, debug or trace"),
     var("ACCESS_LOG", "true", "one line per request"),
+    var("LOG_FORMAT", "text", "text (LEVEL [target] message) or json (one JSON object per line)"),
+    var("METRICS", "off", "emf: CloudWatch Embedded Metric Format lines on standard output; off: none"),
+    var("METRICS_INTERVAL_S", "60", "seconds between metric lines, 1 to 3600"),
+    var("METRICS_NAMESPACE", "zayzoon", "CloudWatch namespace of the metrics (1 to 255 of A-Za-z0-9.-_/#:)"),
+    var("METRICS_SERVICE", "zayzoon", "value of the metrics' one dimension, Service (1 to 255 printable ASCII)"),
 ];
 
 /// The server's effective configuration: the settings of each module that needs some.
@@ -84,6 +89,8 @@ pub struct Config {
     pub policy: limit::Settings,
     pub redis: Option<remote::Settings>,
     pub log: logger::Settings,
+    /// `None` with `METRICS=off`.
+    pub metrics: Option<metrics::Settings>,
 }
 
 /// A variable that could not be used: which one, what it held, and what would have been accepted.
@@ -145,7 +152,9 @@ impl Config {
             log: logger::Settings {
                 level: env.parse("LOG_LEVEL", parse_level, "one of error, warn, info, debug, trace")?,
                 access_log: env.boolean("ACCESS_LOG")?,
+                format: env.parse("LOG_FORMAT", parse_log_format, "text or json")?,
             },
+            metrics: read_metrics(&env)?,
         })
     }
 
@@ -158,7 +167,7 @@ impl Config {
              rate_limit_enabled={} rate_limit_strategy={} rate_limit_default=\"{}\" rate_limit_endpoint=\"{}\" \
              rate_limit_exempt=\"{}\" \
              trusted_proxy_hops={} public_host={} keepalive_timeout_s={} header_timeout_s={} \
-             shutdown_grace_s={} log_level={} access_log={}",
+             shutdown_grace_s={} log_level={} access_log={} log_format={} metrics={}",
             self.workers,
             self.max_connections,
             self.redis.as_ref().map_or_else(|| "memory".to_owned(), remote::Settings::describe),
@@ -174,6 +183,16 @@ impl Config {
             self.shutdown_grace.as_secs(),
             self.log.level.as_str().to_ascii_lowercase(),
             self.log.access_log,
+            if self.log.format == logger::Format::Json { "json" } else { "text" },
+            self.metrics.as_ref().map_or_else(
+                || "off".to_owned(),
+                |m| format!(
+                    "emf metrics_interval_s={} metrics_namespace={} metrics_service={:?}",
+                    m.interval.as_secs(),
+                    m.namespace,
+                    m.service
+                )
+            ),
         )
     }
 }
@@ -322,6 +341,37 @@ fn number(v: &str, min: u64, max: u64) -> Option<u64> {
     decimal::parse(v.as_bytes()).filter(|n| (min..=max).contains(n))
 }
 
+fn parse_log_format(v: &str) -> Option<logger::Format> {
+    match v.to_ascii_lowercase().as_str() {
+        "text" => Some(logger::Format::Text),
+        "json" => Some(logger::Format::Json),
+        _ => None,
+    }
+}
+
+/// `METRICS` and its settings, which are read (and so checked) whether or not it is on.
+fn read_metrics(env: &Env<'_>) -> Result<Option<metrics::Settings>, ConfigError> {
+    let on = env.parse(
+        "METRICS",
+        |v| match v.to_ascii_lowercase().as_str() {
+            "off" => Some(false),
+            "emf" => Some(true),
+            _ => None,
+        },
+        "off or emf",
+    )?;
+    let settings = metrics::Settings {
+        interval: Duration::from_secs(env.number("METRICS_INTERVAL_S", 1, 3_600, "seconds, 1 to 3600")?),
+        namespace: env.parse(
+            "METRICS_NAMESPACE",
+            metrics::parse_namespace,
+            "1 to 255 of the characters A-Z a-z 0-9 . - _ / # :",
+        )?,
+        service: env.parse("METRICS_SERVICE", metrics::parse_service, "1 to 255 printable ASCII characters")?,
+    };
+    Ok(on.then_some(settings))
+}
+
 fn parse_level(v: &str) -> Option<log::LevelFilter> {
     use log::LevelFilter::*;
     Some(match v.to_ascii_lowercase().as_str() {
@@ -377,6 +427,8 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(20));
         assert_eq!(c.log.level, log::LevelFilter::Info);
         assert!(c.log.access_log);
+        assert_eq!(c.log.format, logger::Format::Text);
+        assert!(c.metrics.is_none());
     }
 
     #[test]
@@ -410,6 +462,7 @@ mod tests {
             ("KEEPALIVE_TIMEOUT_S", "86400"),
             ("HEADER_TIMEOUT_S", "3600"),
             ("SHUTDOWN_GRACE_S", "3600"),
+            ("METRICS_INTERVAL_S", "3600"),
         ] {
             load(&[(var, max)]).unwrap_or_else(|e| panic!("{e}"));
             let past = (max.parse::<u64>().unwrap() + 1).to_string();
@@ -421,6 +474,7 @@ mod tests {
         rejects("MAX_CONNECTIONS", "0");
         rejects("HEADER_TIMEOUT_S", "0");
         rejects("REDIS_CONNECT_RETRIES", "0");
+        rejects("METRICS_INTERVAL_S", "0");
     }
 
     #[test]
@@ -643,6 +697,43 @@ mod tests {
     fn log_level() {
         assert_eq!(load(&[("LOG_LEVEL", "DEBUG")]).unwrap().log.level, log::LevelFilter::Debug);
         rejects("LOG_LEVEL", "verbose");
+    }
+
+    #[test]
+    fn log_format() {
+        assert_eq!(load(&[("LOG_FORMAT", "JSON")]).unwrap().log.format, logger::Format::Json);
+        assert_eq!(load(&[("LOG_FORMAT", "text")]).unwrap().log.format, logger::Format::Text);
+        rejects("LOG_FORMAT", "xml");
+    }
+
+    #[test]
+    fn metrics_settings() {
+        let c = load(&[
+            ("METRICS", "emf"),
+            ("METRICS_INTERVAL_S", "1"),
+            ("METRICS_NAMESPACE", "Team/zayzoon"),
+            ("METRICS_SERVICE", "web \"dev\""),
+        ])
+        .unwrap();
+        let m = c.metrics.unwrap();
+        assert_eq!(
+            (m.interval, m.namespace.as_str(), m.service.as_str()),
+            (Duration::from_secs(1), "Team/zayzoon", "web \"dev\"")
+        );
+        let s = load(&[("METRICS", "EMF")]).unwrap().summary();
+        assert!(
+            s.ends_with("metrics=emf metrics_interval_s=60 metrics_namespace=zayzoon metrics_service=\"zayzoon\""),
+            "{s}"
+        );
+        assert!(load(&[("METRICS", "off")]).unwrap().summary().ends_with("log_format=text metrics=off"));
+        // Read, and so checked, with metrics off too.
+        rejects("METRICS", "prometheus");
+        rejects("METRICS_NAMESPACE", "my app");
+        rejects("METRICS_NAMESPACE", &"n".repeat(256));
+        load(&[("METRICS_NAMESPACE", &"n".repeat(255))]).unwrap();
+        rejects("METRICS_SERVICE", &"s".repeat(256));
+        load(&[("METRICS_SERVICE", &"s".repeat(255))]).unwrap();
+        rejects("METRICS_SERVICE", "web\u{1}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::http::{self, ChunkedDecoder, Framing, HttpError, Parse, Version};
 use crate::limit::{Check, Decision, Limiter};
 use crate::limits::{LINGER, MAX_PENDING_OUTPUT, TURN_BUDGET};
 use crate::logger::{self, Access};
+use crate::metrics::Counts;
 use crate::proxy;
 use crate::response::{Connection, Renderer, Response};
 
@@ -43,6 +44,9 @@ pub struct Ctx {
     pub renderer: Renderer,
     /// Shutting down: every response says `Connection: close`.
     pub draining: bool,
+    /// This worker's own counts for the metrics lines (`METRICS=emf`; `None` when off), bumped as
+    /// each response is queued and handed to the server's tally a few times a second.
+    pub metrics: Option<Counts>,
 }
 
 /// Where a connection is in its request/response cycle. `Session::deadline` is when each state
@@ -122,8 +126,9 @@ pub struct Session {
     started: Instant,
     /// The client closed its sending side: answer what it completed, then close.
     peer_closed: bool,
-    /// The last request's text buffer, for the next one (see `app::Request`).
+    /// The last request's buffers, for the next one (see `app::Request`).
     spare_text: String,
+    spare_logged: Vec<u8>,
 }
 
 impl Session {
@@ -139,6 +144,7 @@ impl Session {
             started: ctx.now,
             peer_closed: false,
             spare_text: String::new(),
+            spare_logged: Vec::new(),
         }
     }
 
@@ -330,6 +336,9 @@ impl Session {
         };
         let forwarded = proxy::resolve(self.peer, ctx.settings.trusted_proxy_hops, head.headers);
         let mut req = Request::new(std::mem::take(&mut self.spare_text), &head, forwarded);
+        if logger::access_enabled() {
+            req.keep_logged_fields(std::mem::take(&mut self.spare_logged), &head);
+        }
         match head.framing {
             Framing::None => self.dispatch(req, false, ctx),
             _ if head.expect_continue => {
@@ -390,7 +399,7 @@ impl Session {
             (true, true) => End::Linger,
         };
         self.queue(Some(&req), resp, end, ctx);
-        self.spare_text = req.into_text();
+        (self.spare_text, self.spare_logged) = req.into_buffers();
     }
 
     /// Answers an unusable request (or a timed-out one) with its error, and closes lingering:
@@ -416,7 +425,21 @@ impl Session {
         };
         let duration_us = Instant::now().saturating_duration_since(self.started).as_micros() as u64;
         let status = resp.status;
-        logger::access(&Access { unix_ms: ctx.wall_ms, client, method, path, status, bytes, duration_us });
+        if let Some(counts) = &mut ctx.metrics {
+            counts.record(status, duration_us);
+        }
+        let (user_agent, trace_id) = req.map_or((None, None), |r| (r.user_agent(), r.trace_id()));
+        logger::access(&Access {
+            unix_ms: ctx.wall_ms,
+            client,
+            method,
+            path,
+            status,
+            bytes,
+            duration_us,
+            user_agent,
+            trace_id,
+        });
         self.state = match end {
             End::KeepOpen => State::Idle,
             End::Close => State::Closing { linger: false },
@@ -543,11 +566,15 @@ impl Conn {
 
     /// After an internal error: one try at sending a 500 (only if nothing else is queued, so it
     /// can't land in the middle of another response); the caller then closes the connection.
-    pub fn abort_with_500(&mut self, renderer: &Renderer) {
+    pub fn abort_with_500(&mut self, ctx: &mut Ctx) {
         if self.session.pending_output().is_empty() {
             let mut out = Vec::new();
-            renderer.write(&Response { connection: Connection::Close, ..Response::error(500) }, &mut out);
-            let _ = self.stream.write(&out);
+            ctx.renderer.write(&Response { connection: Connection::Close, ..Response::error(500) }, &mut out);
+            if self.stream.write(&out).is_ok_and(|n| n > 0)
+                && let Some(counts) = &mut ctx.metrics
+            {
+                counts.count(500);
+            }
         }
     }
 

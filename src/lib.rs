@@ -5,8 +5,9 @@
 //! `http` (parsing and framing) → `proxy` (client address, scheme) → `limit` (rate limits) →
 //! `app` (which response) → `response` (the bytes). `config` reads the environment into each
 //! module's settings; `limits` names every fixed limit; `route` lists the pages; `clock` formats
-//! time; `decimal` reads and writes numbers; `logger` writes log lines; `healthcheck` is the
-//! container health-check subcommand.
+//! time; `decimal` reads and writes numbers; `logger` writes log lines (text or JSON); `metrics`
+//! counts responses and writes the CloudWatch EMF lines; `healthcheck` is the container
+//! health-check subcommand.
 //!
 //! The library exists so that integration tests and the cargo-fuzz targets reach the same
 //! functions the binary runs. No unsafe code anywhere in this crate.
@@ -30,6 +31,7 @@ pub mod http;
 pub mod limit;
 pub mod limits;
 pub mod logger;
+pub mod metrics;
 pub mod proxy;
 pub mod response;
 pub mod route;

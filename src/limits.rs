@@ -48,5 +48,9 @@ pub const MAX_REDIS_BATCH: usize = 1024;
 pub const FIRST_REDIS_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between Redis connection attempts.
 pub const MAX_REDIS_BACKOFF: Duration = Duration::from_secs(2);
+/// Most bytes of a request's `User-Agent` that its access record keeps (SPEC §6); the rest is cut.
+pub const MAX_LOGGED_USER_AGENT: usize = 256;
+/// Most bytes of a request's `X-Amzn-Trace-Id` that its access record keeps (SPEC §6).
+pub const MAX_LOGGED_TRACE_ID: usize = 128;
 /// The `healthcheck` subcommand's whole budget: connect, send, read the status line. SPEC §1.
 pub const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);

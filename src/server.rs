@@ -2,13 +2,14 @@
 //!
 //! Owns: binding the port, one `mio::Poll` per worker thread (each with a clone of the listening
 //! socket and its own connections), the connection cap shared by all workers, backing off when
-//! `accept` fails, and the drain on SIGTERM/SIGINT (SPEC §4). Does not own: what happens on a
-//! connection (`conn`).
+//! `accept` fails, the drain on SIGTERM/SIGINT (SPEC §4), and the metrics timer (SPEC §6: the
+//! workers' counts merged into one tally, one EMF line per interval and one at exit). Does not
+//! own: what happens on a connection (`conn`), or what is counted and how a line looks (`metrics`).
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,8 @@ use crate::conn::{Conn, Ctx, Drive, Session};
 use crate::limit::remote;
 use crate::limit::{Limiter, MemoryStore, Policy};
 use crate::limits::{ACCEPT_BACKOFF, MAX_LIMITER_ENTRIES, READ_CHUNK, SPARE_BUFFERS, SWEEP_INTERVAL};
-use crate::logger::LIFECYCLE;
+use crate::logger::{self, LIFECYCLE};
+use crate::metrics::{self, Counts};
 use crate::response::Renderer;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -63,6 +65,9 @@ struct Shared {
     connections: AtomicUsize,
     max_connections: usize,
     shutdown_grace: Duration,
+    /// The workers' counts since the last metrics line (`METRICS=emf`): each worker adds its own
+    /// in every few hundred milliseconds (`Worker::publish_metrics`), never per request.
+    tally: Mutex<Counts>,
 }
 
 /// Runs the server until a signal ends it. Returns once every worker has finished draining.
@@ -95,6 +100,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         connections: AtomicUsize::new(0),
         max_connections: config.max_connections,
         shutdown_grace: config.shutdown_grace,
+        tally: Mutex::new(Counts::default()),
     });
     let make_ctx = |remote| Ctx {
         now: Instant::now(),
@@ -103,6 +109,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         limiter: Limiter::new(policy, Arc::clone(&memory), remote),
         renderer: Renderer::new(clock::unix_millis_now()),
         draining: false,
+        metrics: config.metrics.is_some().then(Counts::default),
     };
     let mut workers = Vec::with_capacity(config.workers);
     for (id, ((poll, _), remote)) in polls.into_iter().zip(remotes).enumerate() {
@@ -114,6 +121,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
     // as it sees that line gets a drain, not the default action (or, as PID 1, nothing at all).
     let signals =
         Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]).map_err(StartError::Setup)?;
+    let reporter = config.metrics.clone().map(|m| Reporter::start(m, Arc::clone(&shared), redis_stats.clone()));
+    let reporter = reporter.transpose().map_err(StartError::Setup)?;
     log::info!(target: LIFECYCLE, "zayzoon {} listening on {local}; {}", env!("CARGO_PKG_VERSION"), config.summary());
     let handles = workers
         .into_iter()
@@ -123,6 +132,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
     spawn_signal_thread(signals, shared, wakers).map_err(StartError::Setup)?;
 
     join_workers(handles);
+    if let Some(reporter) = reporter {
+        reporter.finish(); // after the workers: their last counts are in the tally
+    }
     if let Some(stats) = redis_stats {
         log::info!(
             target: LIFECYCLE,
@@ -167,6 +179,85 @@ fn join_workers(handles: Vec<JoinHandle<()>>) {
             log::error!("a worker thread panicked; exiting");
             std::process::exit(1);
         }
+    }
+}
+
+/// The metrics timer's thread: one EMF line per interval, and a last one at exit (SPEC §6).
+struct Reporter {
+    thread: JoinHandle<()>,
+    /// Set by `finish`: the thread writes the last line and ends.
+    stop: Arc<AtomicBool>,
+}
+
+impl Reporter {
+    fn start(
+        settings: metrics::Settings,
+        shared: Arc<Shared>,
+        redis: Option<Arc<remote::Stats>>,
+    ) -> io::Result<Reporter> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        // Parking rather than a channel: an mpsc channel of a new type costs the static binary
+        // ~20 KiB of monomorphized code, for a wake-up once per interval.
+        let run = move || {
+            let interval = settings.interval;
+            let mut line = Line { settings, shared, redis, redis_before: (0, 0) };
+            // Never more than one line per interval: the next is due an interval after this one.
+            let mut due = Instant::now() + interval;
+            loop {
+                if stopping.load(Ordering::SeqCst) {
+                    return line.write();
+                }
+                let now = Instant::now();
+                if now >= due {
+                    line.write();
+                    due = Instant::now() + interval;
+                } else {
+                    thread::park_timeout(due - now); // may return early: the loop looks again
+                }
+            }
+        };
+        let thread = thread::Builder::new().name("metrics".into()).spawn(run)?;
+        Ok(Reporter { thread, stop })
+    }
+
+    /// Writes the last line (the counts since the previous one, so that a task scaled in loses
+    /// none) and waits for it.
+    fn finish(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.thread().unpark();
+        if self.thread.join().is_err() {
+            log::error!("the metrics thread panicked; the last metrics line is lost");
+        }
+    }
+}
+
+/// What the metrics thread needs for a line.
+struct Line {
+    settings: metrics::Settings,
+    shared: Arc<Shared>,
+    redis: Option<Arc<remote::Stats>>,
+    /// The Redis store's running totals (checks, round trips) at the previous line.
+    redis_before: (u64, u64),
+}
+
+impl Line {
+    /// One EMF line: the tally since the previous line (taken, so it starts again from zero), the
+    /// connections open now, the Redis store's figures since the previous line. Written whatever
+    /// the log level, in one `write` (`logger::write_line`).
+    fn write(&mut self) {
+        let counts = std::mem::take(&mut *self.shared.tally.lock().unwrap_or_else(PoisonError::into_inner));
+        let redis = self.redis.as_deref().map(|stats| {
+            let now = (stats.checks.load(Ordering::Relaxed), stats.round_trips.load(Ordering::Relaxed));
+            let (checks, round_trips) =
+                (now.0.saturating_sub(self.redis_before.0), now.1.saturating_sub(self.redis_before.1));
+            self.redis_before = now;
+            metrics::Redis { checks, round_trips, up: stats.up.load(Ordering::Relaxed) }
+        });
+        let connections = self.shared.connections.load(Ordering::Relaxed) as u64;
+        let gauges = metrics::Gauges { connections, redis };
+        let now = clock::unix_millis_now();
+        logger::write_line(&|out| metrics::emf_line(&self.settings, now, &counts, &gauges, out));
     }
 }
 
@@ -309,6 +400,9 @@ impl Worker {
             }
             if now >= self.next_sweep || self.drain_deadline.is_some() {
                 self.sweep();
+                // After the sweep, which may answer requests. While draining this runs every turn,
+                // and before `drained`: a worker's last counts are in the tally when it returns.
+                self.publish_metrics();
             }
             // Everything this turn asked the Redis store goes out in one message.
             self.ctx.limiter.flush();
@@ -368,7 +462,7 @@ impl Worker {
         }))
         .unwrap_or_else(|_| {
             log::error!("internal error on a connection (a bug; see the panic message above); closing it");
-            conn.abort_with_500(&ctx.renderer);
+            conn.abort_with_500(ctx);
             Drive::Closed
         });
         if let Some(buf) = conn.session.take_output_buffer()
@@ -474,6 +568,19 @@ impl Worker {
         }
         self.drain_deadline = Some(self.ctx.now + self.shared.shutdown_grace);
         self.ctx.draining = true;
+    }
+
+    /// Adds this worker's counts to the tally for the next metrics line, and starts them again
+    /// from zero. After every sweep (`SWEEP_INTERVAL`, and every turn of the drain): a lock a few
+    /// times a second, never one per request; a line misses at most the last sweep interval's
+    /// counts, which the next line has.
+    fn publish_metrics(&mut self) {
+        let Some(counts) = &mut self.ctx.metrics else { return };
+        counts.redis_fallbacks += self.ctx.limiter.take_fallbacks();
+        if !counts.is_empty() {
+            self.shared.tally.lock().unwrap_or_else(PoisonError::into_inner).add(counts);
+            *counts = Counts::default();
+        }
     }
 
     /// Fires deadlines; while draining, also closes connections that have gone idle.

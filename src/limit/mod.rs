@@ -458,6 +458,8 @@ pub struct Limiter {
     policy: &'static Policy,
     memory: std::sync::Arc<MemoryStore>,
     remote: Option<remote::Remote>,
+    /// Metrics (issue 11): checks this worker decided from memory because Redis was down.
+    fallbacks: u64,
 }
 
 impl Limiter {
@@ -466,7 +468,7 @@ impl Limiter {
         memory: std::sync::Arc<MemoryStore>,
         remote: Option<remote::Remote>,
     ) -> Limiter {
-        Limiter { policy, memory, remote }
+        Limiter { policy, memory, remote, fallbacks: 0 }
     }
 
     /// Counts a request from `client` for `page` and decides, or starts deciding, whether it may go on.
@@ -482,7 +484,17 @@ impl Limiter {
             remote.submit(waiter, key, counters, now);
             return Check::Pending;
         }
+        // Metrics (issue 11): with the Redis store down, memory decides instead: a fallback.
+        self.fallbacks += u64::from(self.remote.is_some());
         Check::Ready(self.memory.decide(key, counters, now))
+    }
+
+    /// Metrics (issue 11): the checks of this worker decided from memory instead of Redis since the
+    /// last call (Redis down, no answer in time, or the limiter thread's memory answer), for
+    /// `RedisFallbacks` (SPEC §6). Always 0 without the Redis store.
+    pub fn take_fallbacks(&mut self) -> u64 {
+        let remote = self.remote.as_mut().map_or(0, remote::Remote::take_fallbacks);
+        std::mem::take(&mut self.fallbacks) + remote
     }
 
     /// Sends the checks of this loop turn on their way (one message for all of them).

@@ -418,12 +418,14 @@ impl std::error::Error for StartError {
     }
 }
 
-/// Counts for the shutdown log line and for tests: how well batching works.
+/// Counts for the shutdown log line, the metrics lines and tests: how well batching works.
 #[derive(Debug, Default)]
 pub struct Stats {
     pub checks: AtomicU64,
     pub round_trips: AtomicU64,
     pub fallbacks: AtomicU64,
+    /// Metrics (issue 11, `RedisUp`): the flag the workers read, true while checks go to Redis.
+    pub up: Arc<AtomicBool>,
 }
 
 /// Connects (with `connect_retries` attempts and backoff), loads the script, and starts the limiter
@@ -457,7 +459,7 @@ pub fn start(
         }
     };
     let up = Arc::new(AtomicBool::new(true));
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats { up: Arc::clone(&up), ..Stats::default() });
     let (jobs_tx, jobs_rx) = mpsc::channel();
     let mut remotes = Vec::new();
     let mut outlets = Vec::new();
@@ -475,6 +477,7 @@ pub fn start(
             deadlines: VecDeque::new(),
             timeout,
             memory: Arc::clone(&memory),
+            fallbacks: 0,
         });
     }
     let thread = LimiterThread {
@@ -612,9 +615,13 @@ fn is_noscript(v: &Value) -> bool {
     matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
 }
 
+/// A message of answers to one worker. Metrics (issue 11): `true` when they were decided from
+/// memory (Redis down or failing), so that the worker counts those it uses as fallbacks.
+pub type Answers = (bool, Vec<(u64, Decision)>);
+
 /// Where a worker's answers go.
 struct Outlet {
-    answers: Sender<Vec<(u64, Decision)>>,
+    answers: Sender<Answers>,
     waker: Arc<mio::Waker>,
 }
 
@@ -732,20 +739,21 @@ impl LimiterThread {
     fn answer(&self, batch: &[Job], states: Vec<[CounterState; MAX_COUNTERS]>) {
         self.stats.checks.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let now = Instant::now();
-        self.deliver(batch.iter().zip(states).map(|(job, states)| {
+        let answers = batch.iter().zip(states).map(|(job, states)| {
             let states = &states[..job.counters.len()];
             let decision = Decision::from_states(job.counters, states);
             if matches!(decision, Decision::Limited { refused: Some(_), .. }) {
                 self.memory.remember(job.key, job.counters, states, now);
             }
             (job, decision)
-        }));
+        });
+        self.deliver(answers, false);
     }
 
     fn answer_from_memory(&self, batch: &[Job]) {
         self.stats.fallbacks.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let now = Instant::now();
-        self.deliver(batch.iter().map(|job| (job, self.memory.decide(job.key, job.counters, now))));
+        self.deliver(batch.iter().map(|job| (job, self.memory.decide(job.key, job.counters, now))), true);
     }
 
     fn go_down(&mut self, batch: &[Job], why: &dyn fmt::Display) {
@@ -758,7 +766,7 @@ impl LimiterThread {
     }
 
     /// Sends each worker its answers in one message and wakes it once.
-    fn deliver<'a>(&self, answers: impl Iterator<Item = (&'a Job, Decision)>) {
+    fn deliver<'a>(&self, answers: impl Iterator<Item = (&'a Job, Decision)>, from_memory: bool) {
         let mut per_worker: Vec<Vec<(u64, Decision)>> = vec![Vec::new(); self.outlets.len()];
         for (job, decision) in answers {
             if let Some(list) = per_worker.get_mut(job.worker) {
@@ -767,7 +775,7 @@ impl LimiterThread {
         }
         for (outlet, list) in self.outlets.iter().zip(per_worker) {
             // A worker that has exited (shutdown) no longer listens: nothing to do.
-            if !list.is_empty() && outlet.answers.send(list).is_ok() {
+            if !list.is_empty() && outlet.answers.send((from_memory, list)).is_ok() {
                 let _ = outlet.waker.wake();
             }
         }
@@ -789,7 +797,7 @@ pub struct Remote {
     /// Checks of this loop turn, sent together by `flush`.
     batch: Vec<Job>,
     jobs: Sender<Vec<Job>>,
-    answers: Receiver<Vec<(u64, Decision)>>,
+    answers: Receiver<Answers>,
     up: Arc<AtomicBool>,
     /// Numbers this worker's checks: an answer names its check, so one that comes after its check
     /// stopped waiting (decided from memory) can't be taken for a later check of the same waiter.
@@ -800,6 +808,8 @@ pub struct Remote {
     deadlines: VecDeque<(Instant, u64)>,
     timeout: Duration,
     memory: Arc<MemoryStore>,
+    /// Metrics (issue 11): answers taken that memory decided (see `take_fallbacks`).
+    fallbacks: u64,
 }
 
 impl Remote {
@@ -833,10 +843,11 @@ impl Remote {
     /// Answers that arrived, and memory decisions for checks whose wait ran out, by waiter.
     pub fn take_answers(&mut self, now: Instant) -> Vec<(u64, Decision)> {
         let mut out = Vec::new();
-        while let Ok(list) = self.answers.try_recv() {
+        while let Ok((from_memory, list)) = self.answers.try_recv() {
             for (seq, decision) in list {
                 // Not waiting any more: already decided from memory after its deadline.
                 if let Some(w) = self.waiting.remove(&seq) {
+                    self.fallbacks += u64::from(from_memory);
                     out.push((w.waiter, decision));
                 }
             }
@@ -849,10 +860,17 @@ impl Remote {
             // Answered already, or out of time: then memory decides.
             if let Some(w) = self.waiting.remove(&seq) {
                 log::debug!("no Redis answer within {:?}: deciding from memory", self.timeout);
+                self.fallbacks += 1;
                 out.push((w.waiter, self.memory.decide(w.key, w.counters, now)));
             }
         }
         out
+    }
+
+    /// Metrics (issue 11): answers taken since the last call that memory decided (the limiter
+    /// thread's, or this worker's at a deadline). Each check counts once, however it was decided.
+    pub fn take_fallbacks(&mut self) -> u64 {
+        std::mem::take(&mut self.fallbacks)
     }
 
     /// When the oldest waiting check runs out of time.
@@ -867,7 +885,7 @@ pub mod tests {
 
     /// A `Remote` with no limiter thread behind it, for tests of the waiting side: returns it with
     /// the sender its answers come through.
-    pub fn detached(timeout: Duration, memory: Arc<MemoryStore>) -> (Remote, Sender<Vec<(u64, Decision)>>) {
+    pub fn detached(timeout: Duration, memory: Arc<MemoryStore>) -> (Remote, Sender<Answers>) {
         // No thread receives the jobs: `flush` finds the channel closed and leaves them to deadlines.
         let (jobs, _) = mpsc::channel();
         let (answers_tx, answers) = mpsc::channel();
@@ -882,6 +900,7 @@ pub mod tests {
             deadlines: VecDeque::new(),
             timeout,
             memory,
+            fallbacks: 0,
         };
         (remote, answers_tx)
     }
@@ -1017,10 +1036,33 @@ pub mod tests {
             reset_secs: 9,
             refused: Some(crate::limit::Refusal { by, retry_after_secs: 9 }),
         };
-        answers.send(vec![(0, refused)]).unwrap(); // the first check's answer, late
+        answers.send((false, vec![(0, refused)])).unwrap(); // the first check's answer, late
         assert!(remote.take_answers(t0 + Duration::from_millis(150)).is_empty());
         let ok = Decision::Limited { limit: 1, remaining: 0, reset_secs: 60, refused: None };
-        answers.send(vec![(1, ok)]).unwrap();
+        answers.send((false, vec![(1, ok)])).unwrap();
         assert_eq!(remote.take_answers(t0 + Duration::from_millis(150)), [(7, ok)]);
+        assert_eq!(remote.take_fallbacks(), 1, "the first check, decided from memory at its deadline");
+    }
+
+    /// Metrics (issue 11): every check decided from memory counts once as a fallback, whether the
+    /// worker decided it at its deadline or took the limiter thread's memory answer; a memory
+    /// answer that comes too late to be used (the check was decided already) is not counted again.
+    #[test]
+    fn fallbacks_count_each_check_decided_from_memory_once() {
+        let (mut remote, answers) = detached(Duration::from_millis(100), store());
+        let ip = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        for waiter in 0..3 {
+            remote.submit(waiter, ClientKey::of(ip), counters(), t0);
+        }
+        let d = Decision::Limited { limit: 1, remaining: 0, reset_secs: 60, refused: None };
+        answers.send((false, vec![(0, d)])).unwrap(); // from Redis
+        answers.send((true, vec![(1, d)])).unwrap(); // from memory
+        assert_eq!(remote.take_answers(t0).len(), 2);
+        assert_eq!(remote.take_answers(t0 + Duration::from_millis(100)).len(), 1, "seq 2 at its deadline");
+        answers.send((true, vec![(2, d)])).unwrap(); // seq 2's late memory answer
+        assert!(remote.take_answers(t0 + Duration::from_millis(150)).is_empty());
+        assert_eq!(remote.take_fallbacks(), 2);
+        assert_eq!(remote.take_fallbacks(), 0, "taken");
     }
 }

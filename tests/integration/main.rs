@@ -7,6 +7,7 @@ mod cli;
 mod framing;
 mod lifecycle;
 mod limits;
+mod observability;
 mod redirects;
 mod redis_store;
 mod redis_tls;

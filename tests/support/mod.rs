@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod json;
 pub mod redis;
 pub mod requests;
 
@@ -56,7 +57,10 @@ impl Server {
             let tx = tx.clone();
             let log = Arc::clone(&log);
             std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                // Lossy: a line that is not UTF-8 must not end the log. Tests that care (the JSON
+                // lines) check that every byte they read is printable ASCII.
+                for line in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
+                    let line = String::from_utf8_lossy(&line).into_owned();
                     log.lock().unwrap().push(line.clone());
                     let _ = tx.send(line);
                 }

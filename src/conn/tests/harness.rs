@@ -52,6 +52,7 @@ pub fn ctx(settings: Settings, limits: limit::Settings, capacity: usize) -> Ctx 
         limiter: Limiter::new(policy, memory, None),
         renderer: Renderer::new(WALL_MS),
         draining: false,
+        metrics: None,
     }
 }
 

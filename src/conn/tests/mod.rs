@@ -50,6 +50,28 @@ fn pipelined_requests_are_answered_in_order() {
     assert!(s.is_idle());
 }
 
+/// Metrics (SPEC §6): each response is counted once as it is queued, by class, parser errors and
+/// timeouts included; a worker without metrics counts nothing.
+#[test]
+fn every_response_is_counted_once_in_its_class() {
+    let mut h = Harness::new();
+    h.ctx.metrics = Some(Counts::default());
+    let (out, _) = h.run(MIXED);
+    let (bad, _) = h.run(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 2\r\n\r\n");
+    let mut late = h.session();
+    late.receive(b"GET / HT", &mut h.ctx);
+    h.ctx.now += Duration::from_secs(10);
+    late.on_tick(&mut h.ctx);
+    let all = [out.as_bytes(), bad.as_bytes(), late.pending_output()].concat();
+    assert_eq!(statuses(&all), [200, 405, 404, 200, 200, 301, 400, 408]);
+    let counts = h.ctx.metrics.as_ref().unwrap();
+    assert_eq!((counts.requests, counts.classes, counts.rate_limited), (8, [3, 1, 4, 0], 0));
+    assert!(counts.latency_max().is_some());
+    let mut off = Harness::new();
+    off.run(MIXED);
+    assert!(off.ctx.metrics.is_none());
+}
+
 #[test]
 fn every_split_point_gives_the_same_output() {
     let mut h = Harness::new();
@@ -251,7 +273,7 @@ fn idle_sessions_hold_no_buffers() {
 }
 
 /// A harness whose limiter waits for answers, as with Redis; returns the answer channel.
-fn waiting_harness() -> (Harness, std::sync::mpsc::Sender<Vec<(u64, Decision)>>) {
+fn waiting_harness() -> (Harness, std::sync::mpsc::Sender<crate::limit::remote::Answers>) {
     let mut h = Harness::new();
     let policy = Policy::leak(harness::limits(100, 10));
     let memory = Arc::new(MemoryStore::new(100, policy.slots()));
@@ -319,6 +341,7 @@ fn abort_sends_a_500_only_when_nothing_else_is_queued() {
     use std::io::Read as _;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut h = Harness::new();
+    h.ctx.metrics = Some(Counts::default());
     for queued in [false, true] {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server_side, _) = listener.accept().unwrap();
@@ -326,7 +349,7 @@ fn abort_sends_a_500_only_when_nothing_else_is_queued() {
         if queued {
             conn.session.receive(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n", &mut h.ctx);
         }
-        conn.abort_with_500(&h.ctx.renderer);
+        conn.abort_with_500(&mut h.ctx);
         drop(conn);
         let mut got = String::new();
         (&client).read_to_string(&mut got).unwrap();
@@ -339,4 +362,7 @@ fn abort_sends_a_500_only_when_nothing_else_is_queued() {
             assert!(got.ends_with(r#""status":500}"#));
         }
     }
+    // Both responses count (SPEC §6 Requests: responses written): the 200 queued, the 500 sent.
+    let counts = h.ctx.metrics.unwrap();
+    assert_eq!((counts.requests, counts.classes), (2, [1, 0, 0, 1]));
 }
