@@ -860,8 +860,9 @@ fn check_split_target(s: &str) {
 // ---------------------------------------------------------------------------------------------
 // config_env: `Config::from_lookup`, `Rate::parse`, `Cidr::parse`, `parse_cidr_list`.
 
-/// Input: NUL-separated entries, each a byte naming the variable (`config::VARS[b % len]`, later entries
-/// win) and its value (lossy UTF-8, as `Config::from_env` reads it). Every value also goes through
+/// Input: NUL-separated entries `NAME=value` (later entries win; a name not in `config::VARS` is
+/// never asked for), the value read as lossy UTF-8, as `Config::from_env` reads it. Names, not
+/// positions in `VARS`, so that a seed keeps its meaning when a variable is added. Every value also goes through
 /// the rate and CIDR parsers. A config error names a variable that was set, with the value it had,
 /// and prints on one line; an accepted config holds what the variables said, and its startup
 /// summary is one line with any Redis password replaced by `***`. A parsed rate or CIDR prints in
@@ -873,8 +874,9 @@ fn check_split_target(s: &str) {
 pub fn config_env(data: &[u8]) {
     let mut env: Vec<(&str, String)> = Vec::new();
     for entry in data.split(|&b| b == 0) {
-        let Some((&pick, value)) = entry.split_first() else { continue };
-        let name = VARS[usize::from(pick) % VARS.len()].name;
+        let Some(eq) = entry.iter().position(|&b| b == b'=') else { continue };
+        let (name, value) = (&entry[..eq], &entry[eq + 1..]);
+        let Some(name) = VARS.iter().map(|v| v.name).find(|n| n.as_bytes() == name) else { continue };
         env.retain(|(n, _)| *n != name);
         if name != "REDIS_CA_FILE" {
             env.push((name, String::from_utf8_lossy(value).into_owned()));
