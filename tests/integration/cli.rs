@@ -23,7 +23,22 @@ fn stderr(o: &Output) -> String {
 fn help_and_version() {
     let o = run(&["--help"], &[]);
     assert_eq!(o.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("zayzoon healthcheck [URL]"));
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("zayzoon healthcheck [URL]"));
+    // Every variable the code reads (config::VARS, which config's unit tests check against what
+    // `Config::from_lookup` asks for) is a line of --help, with its default, and a row of the
+    // README's table: the scratch image has no README, and the README must not drift from it.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme.split("| variable | default | meaning |").nth(1).unwrap().split("\n\n").next().unwrap();
+    let mut rows: Vec<&str> = table.lines().filter_map(|l| l.strip_prefix("| `")?.split('`').next()).collect();
+    rows.sort();
+    let mut names: Vec<&str> = zayzoon::config::VARS.iter().map(|v| v.name).collect();
+    names.sort();
+    assert_eq!(rows, names, "README's table of variables");
+    for v in zayzoon::config::VARS {
+        let line = help.lines().find(|l| l.trim_start().starts_with(&format!("{} ", v.name)));
+        assert!(line.is_some_and(|l| l.contains(v.shown_default)), "{} in --help:\n{help}", v.name);
+    }
     let o = run(&["--version"], &[]);
     assert_eq!(o.status.code(), Some(0));
     // Whether the build has TLS (SPEC §1): `rediss://` depends on it.
