@@ -423,23 +423,31 @@ impl Session {
             Some(r) => (r.method(), r.path(), r.forwarded.client),
             None => ("-", "-", self.peer),
         };
-        let duration_us = Instant::now().saturating_duration_since(self.started).as_micros() as u64;
         let status = resp.status;
+        // The clock is read only for someone who shows the duration.
+        let access_on = logger::access_enabled();
+        let duration_us = if access_on || ctx.metrics.is_some() {
+            Instant::now().saturating_duration_since(self.started).as_micros() as u64
+        } else {
+            0
+        };
         if let Some(counts) = &mut ctx.metrics {
             counts.record(status, duration_us);
         }
         let (user_agent, trace_id) = req.map_or((None, None), |r| (r.user_agent(), r.trace_id()));
-        logger::access(&Access {
-            unix_ms: ctx.wall_ms,
-            client,
-            method,
-            path,
-            status,
-            bytes,
-            duration_us,
-            user_agent,
-            trace_id,
-        });
+        if access_on {
+            logger::access(&Access {
+                unix_ms: ctx.wall_ms,
+                client,
+                method,
+                path,
+                status,
+                bytes,
+                duration_us,
+                user_agent,
+                trace_id,
+            });
+        }
         self.state = match end {
             End::KeepOpen => State::Idle,
             End::Close => State::Closing { linger: false },

@@ -151,7 +151,8 @@ pub struct Access<'a> {
 }
 
 /// Whether access records are written (`ACCESS_LOG`; never while no logger is installed): a
-/// request keeps what only its record shows (the user agent, the trace id) only then.
+/// request keeps what only its record shows (the user agent, the trace id), and a response's
+/// duration is measured for it, only then.
 pub fn access_enabled() -> bool {
     LOGGER.get().is_some_and(|l| l.access >= LevelFilter::Info)
 }
