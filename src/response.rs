@@ -10,6 +10,7 @@ use std::borrow::Cow;
 
 use crate::clock::UtcTime;
 use crate::decimal;
+use crate::logger::{self, Style};
 use crate::route::Page;
 
 /// The page's whole stylesheet. The CSP allows exactly this text by its hash, so any edit here
@@ -146,24 +147,13 @@ fn default_message(status: u16) -> &'static str {
 pub fn json_error(status: u16, message: &str) -> String {
     let mut s = String::with_capacity(64 + message.len());
     s.push_str("{\"error\":\"");
-    json_escape_into(&mut s, reason(status));
+    let _ = logger::escape(&mut s, reason(status).as_bytes(), Style::Json);
     s.push_str("\",\"message\":\"");
-    json_escape_into(&mut s, message);
+    let _ = logger::escape(&mut s, message.as_bytes(), Style::Json);
     s.push_str("\",\"status\":");
     s.push_str(&status.to_string());
     s.push('}');
     s
-}
-
-fn json_escape_into(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
 }
 
 /// Escapes text for HTML element content and attribute values.
