@@ -2,6 +2,19 @@
 
 use super::*;
 
+/// The counters of a request for `page` under `default` and `endpoint` limits (`Rate::parse_list`),
+/// for the stores' tests too.
+pub(crate) fn counters(strategy: Strategy, default: &str, endpoint: &str, page: Option<Page>) -> Counters {
+    let settings = Settings {
+        enabled: true,
+        strategy,
+        default: Rate::parse_list(default).unwrap(),
+        endpoint: Rate::parse_list(endpoint).unwrap(),
+        exempt: vec![],
+    };
+    Policy::leak(settings).counters("192.0.2.1".parse().unwrap(), page).unwrap()
+}
+
 fn rate(limit: u32, multiple: u32, unit: Unit) -> Rate {
     Rate { limit, multiple, unit }
 }

@@ -1,24 +1,13 @@
 //! The memory store: both strategies, the refusal cache, and the bound on clients.
 
 use super::*;
-use crate::limit::{Cidr, Policy, Rate, Refusal, Settings};
+use crate::limit::tests::counters;
+use crate::limit::{Rate, Refusal};
 use crate::route::Page;
 use std::time::Duration;
 
 fn key(n: u32) -> ClientKey {
     ClientKey::V4(n)
-}
-
-/// The counters of a request for `page` under `default` and `endpoint` limits (`Rate::parse_list`).
-fn counters(strategy: Strategy, default: &str, endpoint: &str, page: Option<Page>) -> Counters {
-    let settings = Settings {
-        enabled: true,
-        strategy,
-        default: Rate::parse_list(default).unwrap(),
-        endpoint: Rate::parse_list(endpoint).unwrap(),
-        exempt: Vec::<Cidr>::new(),
-    };
-    Policy::leak(settings).counters("192.0.2.1".parse().unwrap(), page).unwrap()
 }
 
 fn fixed(default: &str) -> Counters {

@@ -658,20 +658,8 @@ pub mod tests {
         };
         (remote, answers_tx)
     }
-    use crate::limit::{Policy, Rate, Settings};
+    use crate::limit::tests::counters;
     use crate::route::Page;
-
-    /// A request's counters for `page` under `default` and `endpoint` (`Rate::parse_list`).
-    fn counters_of(strategy: Strategy, default: &str, endpoint: &str, page: Option<Page>) -> Counters {
-        let settings = Settings {
-            enabled: true,
-            strategy,
-            default: Rate::parse_list(default).unwrap(),
-            endpoint: Rate::parse_list(endpoint).unwrap(),
-            exempt: vec![],
-        };
-        Policy::leak(settings).counters("192.0.2.1".parse().unwrap(), page).unwrap()
-    }
 
     fn store() -> Arc<MemoryStore> {
         Arc::new(MemoryStore::new(100, 4))
@@ -679,7 +667,7 @@ pub mod tests {
 
     #[test]
     fn ipv4_keys_are_written_like_display_writes_them() {
-        let c = counters_of(Strategy::FixedWindow, "100/minute", "1/second", None);
+        let c = counters(Strategy::FixedWindow, "100/minute", "1/second", None);
         let global = c.iter().next().unwrap();
         for a in [0u32, 1, 9, 10, 99, 100, 255, 256, 0x0A00_0001, 0xC0A8_6401, 0xFFFF_FFFF, 0x6464_6464, 0x0909_0909] {
             let k = ClientKey::V4(a);
@@ -689,25 +677,25 @@ pub mod tests {
 
     #[test]
     fn key_names() {
-        let c = counters_of(Strategy::FixedWindow, "100/minute", "10 per 2 minutes", Some(Page::Health));
+        let c = counters(Strategy::FixedWindow, "100/minute", "10 per 2 minutes", Some(Page::Health));
         let health = c.iter().nth(1).unwrap();
         let k = ClientKey::of("192.0.2.1".parse().unwrap());
         assert_eq!(key_name(k, health), "zayzoon:{192.0.2.1}:health:10/120s");
         let k = ClientKey::of("2001:db8:1:2::5".parse().unwrap());
         assert_eq!(key_name(k, health), "zayzoon:{2001:db8:1:2::/64}:health:10/120s");
-        let c = counters_of(Strategy::TokenBucket, "100/minute", "1/second", None);
+        let c = counters(Strategy::TokenBucket, "100/minute", "1/second", None);
         assert_eq!(key_name(k, c.iter().next().unwrap()), "zayzoon:{2001:db8:1:2::/64}:global:100/60s:tb");
     }
 
     #[test]
     fn fixed_window_replies() {
         let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let two = counters_of(Strategy::FixedWindow, "5/minute", "1/minute", Some(Page::Status));
+        let two = counters(Strategy::FixedWindow, "5/minute", "1/minute", Some(Page::Status));
         let (g, s) = (two.iter().next().unwrap(), two.iter().nth(1).unwrap());
         let ok = text("3 59000 1 60000");
         let states = parse_reply(&ok, two).unwrap();
         assert_eq!(states[..2], [g.fixed_window(3, 59_000_000), s.fixed_window(1, 60_000_000)]);
-        let one = counters_of(Strategy::FixedWindow, "5/minute", "1/minute", None);
+        let one = counters(Strategy::FixedWindow, "5/minute", "1/minute", None);
         assert_eq!(parse_reply(&text("1 0"), one).unwrap()[0], g.fixed_window(1, 0));
         let max = "9999999999999999999 9999999999999999999";
         assert_eq!(parse_reply(&text(max), one).unwrap()[0].remaining, 0);
@@ -733,14 +721,14 @@ pub mod tests {
         ] {
             assert!(parse_reply(&bad, one).is_err(), "{bad:?}");
         }
-        let three = counters_of(Strategy::FixedWindow, "5/minute;6/hour", "1/minute", Some(Page::Status));
+        let three = counters(Strategy::FixedWindow, "5/minute;6/hour", "1/minute", Some(Page::Status));
         assert!(parse_reply(&ok, three).is_err(), "fewer numbers than counters");
     }
 
     #[test]
     fn token_bucket_replies() {
         let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let c = counters_of(Strategy::TokenBucket, "5/minute", "1/minute", Some(Page::Status));
+        let c = counters(Strategy::TokenBucket, "5/minute", "1/minute", Some(Page::Status));
         let (g, s) = (c.iter().next().unwrap(), c.iter().nth(1).unwrap());
         let states = parse_reply(&text("1 1795765457042123 12000000 60000000"), c).unwrap();
         assert_eq!(states[..2], [g.token_bucket(12_000_000, false), s.token_bucket(60_000_000, false)]);
@@ -757,7 +745,7 @@ pub mod tests {
         let (mut remote, _answers) = detached(Duration::from_millis(100), store());
         let ip = "192.0.2.1".parse().unwrap();
         let t0 = Instant::now();
-        remote.submit(39, ClientKey::of(ip), counters(), t0);
+        remote.submit(39, ClientKey::of(ip), status_counters(), t0);
         remote.flush();
         assert_eq!(remote.next_deadline(), Some(t0 + Duration::from_millis(100)));
         assert!(remote.take_answers(t0 + Duration::from_millis(99)).is_empty());
@@ -768,8 +756,8 @@ pub mod tests {
         assert_eq!(remote.next_deadline(), None);
     }
 
-    fn counters() -> Counters {
-        counters_of(Strategy::FixedWindow, "5/minute", "1/minute", Some(Page::Status))
+    fn status_counters() -> Counters {
+        counters(Strategy::FixedWindow, "5/minute", "1/minute", Some(Page::Status))
     }
 
     /// An answer that comes after its check was decided from memory must not be taken for the
@@ -779,11 +767,11 @@ pub mod tests {
         let (mut remote, answers) = detached(Duration::from_millis(100), store());
         let ip = "192.0.2.1".parse().unwrap();
         let t0 = Instant::now();
-        remote.submit(7, ClientKey::of(ip), counters(), t0);
+        remote.submit(7, ClientKey::of(ip), status_counters(), t0);
         let late = remote.take_answers(t0 + Duration::from_millis(100));
         assert_eq!(late.len(), 1, "decided from memory");
-        remote.submit(7, ClientKey::of(ip), counters(), t0 + Duration::from_millis(100));
-        let by = counters().iter().nth(1).unwrap();
+        remote.submit(7, ClientKey::of(ip), status_counters(), t0 + Duration::from_millis(100));
+        let by = status_counters().iter().nth(1).unwrap();
         let refused = Decision::Limited {
             limit: 1,
             remaining: 0,
@@ -807,7 +795,7 @@ pub mod tests {
         let ip = "192.0.2.1".parse().unwrap();
         let t0 = Instant::now();
         for waiter in 0..3 {
-            remote.submit(waiter, ClientKey::of(ip), counters(), t0);
+            remote.submit(waiter, ClientKey::of(ip), status_counters(), t0);
         }
         let d = Decision::Limited { limit: 1, remaining: 0, reset_secs: 60, refused: None };
         answers.send((false, vec![(0, d)])).unwrap(); // from Redis
